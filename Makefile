@@ -1,0 +1,21 @@
+# The README's two commands: `make study` (the main job) and `make test`. Both bootstrap .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STUDY ?= local
+
+.PHONY: env study test bench clean-venv
+
+env:
+	@scripts/bootstrap.sh $(VENV)
+
+study: env
+	$(PY) -m train.sync_allreduce --study $(STUDY) --epochs 2 --steps-per-epoch 20 --width 0.25
+
+test: env
+	$(PY) -m pytest
+
+bench: env
+	$(PY) benchmarks/sync_overhead.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,144 @@
+"""One frozen RunConfig; the command line of both trainers is generated from it."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+
+DATASETS = ("synthetic", "digits", "imagenet2012")  # plus folder:PATH
+HEADS = ("gap", "fc4096")
+COMPRESSIONS = ("none", "fp16")
+PRECISIONS = ("fp32", "mixed_fp16", "mixed_bf16")
+
+
+class ConfigError(ValueError):
+    """Bad user input: reported as one line, exit code 2, nothing written."""
+
+
+def _opt(help: str, default, arms: tuple[str, ...] = ("sync", "async"), **kw):
+    return field(default=default, metadata={"help": help, "arms": arms, **kw})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # What to train
+    dataset: str = _opt("synthetic | digits | imagenet2012 | folder:PATH", "synthetic")
+    data_dir: str = _opt("TFDS data dir (imagenet2012) ", "")
+    manual_dir: str = _opt("folder holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar", "")
+    head: str = _opt("classifier head: gap | fc4096", "gap")
+    width: float = _opt("channel multiplier of every conv (1.0 = the paper's cnn11)", 1.0)
+    image_size: int = _opt("input side in pixels (>= 32)", 32)
+    num_classes: int = _opt("classes of the synthetic dataset (others take the dataset's)", 10)
+    # How to train
+    per_worker_batch: int = _opt("images per worker per step", 64)
+    epochs: int = _opt("epochs", 1)
+    steps_per_epoch: int = _opt("steps per epoch (0: one pass over the worker's shard; synthetic: 20)", 0)
+    warmup_steps: int = _opt("steps excluded from the images/sec measurement", 5)
+    lr: float = _opt("base learning rate per worker (sync scales it by the worker count)", 0.05)
+    momentum: float = _opt("SGD momentum", 0.9)
+    lr_warmup_epochs: float = _opt("epochs of linear learning-rate warm-up", 0.0, ("sync",))
+    compression: str = _opt("gradient compression on the wire: none | fp16", "none")
+    precision: str = _opt("fp32 | mixed_fp16 | mixed_bf16 (mixed precision is for GPUs)", "fp32")
+    seed: int = _opt("random seed", 0)
+    intra_op_threads: int = _opt("TensorFlow intra-op threads per process (0: TensorFlow's default)", 0)
+    peak_gflops: float = _opt("peak GFLOP/s per worker for MFU (0: measure a fp32 matmul here)", 0.0)
+    # Async cluster (the local launcher)
+    workers: int = _opt("worker processes of the local cluster", 1, ("async",))
+    ps: int = _opt("parameter-server processes (variables are sharded over them)", 1, ("async",))
+    # Where results go
+    results_dir: str = _opt("results root; the record goes to RESULTS_DIR/STUDY/runs.jsonl", "results")
+    study: str = _opt("study name", "local")
+    run_id: str = _opt("run id (default: SLURM_JOB_ID or a timestamp)", "")
+    tag: str = _opt("free-form label stored in the record", "")
+
+    @property
+    def runs_path(self) -> str:
+        return os.path.join(self.results_dir, self.study, "runs.jsonl")
+
+    def validate(self) -> "RunConfig":
+        """Raise ConfigError naming the first bad value; checks the results dir is writable."""
+        if not (self.dataset in DATASETS or self.dataset.startswith("folder:")):
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose {', '.join(DATASETS)} or folder:PATH")
+        if self.dataset.startswith("folder:") and not os.path.isdir(self.dataset[7:]):
+            raise ConfigError(f"dataset folder not found: {self.dataset[7:]}")
+        if self.dataset == "imagenet2012":
+            if not self.manual_dir:
+                raise ConfigError("imagenet2012 needs --manual-dir (the folder holding the ILSVRC2012 tars)")
+            for tar in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"):
+                if not os.path.isfile(os.path.join(self.manual_dir, tar)):
+                    raise ConfigError(f"manual dir {self.manual_dir} has no {tar}")
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown head {self.head!r}; choose {', '.join(HEADS)}")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(f"unknown compression {self.compression!r}; choose {', '.join(COMPRESSIONS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
+        positive = {"per-worker-batch": self.per_worker_batch, "epochs": self.epochs,
+                    "workers": self.workers, "ps": self.ps, "lr": self.lr, "width": self.width,
+                    "num-classes": self.num_classes}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"--{name} must be > 0, got {value}")
+        nonnegative = {"steps-per-epoch": self.steps_per_epoch, "warmup-steps": self.warmup_steps,
+                       "lr-warmup-epochs": self.lr_warmup_epochs, "intra-op-threads": self.intra_op_threads,
+                       "peak-gflops": self.peak_gflops, "momentum": self.momentum}
+        for name, value in nonnegative.items():
+            if value < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {value}")
+        if self.image_size < 32:
+            raise ConfigError(f"--image-size must be >= 32 (cnn11 pools 5 times by 2), got {self.image_size}")
+        if not self.study or os.sep in self.study or self.study.startswith("."):
+            raise ConfigError(f"bad study name {self.study!r}")
+        check_writable_dir(os.path.join(self.results_dir, self.study))
+        return self
+
+
+def check_writable_dir(path: str) -> None:
+    """ConfigError unless `path` exists as a writable dir or could be created (creates nothing)."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"results dir is not writable: {path} ({probe} is not a directory)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"results dir is not writable: {path}")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse would print the usage too)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser(arm: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """argparse from RunConfig's fields for one arm ('sync' or 'async'); defaults shown."""
+    parser = _OneLineParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                            allow_abbrev=False)
+    for f in dataclasses.fields(RunConfig):
+        if arm not in f.metadata["arms"]:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+        parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+    return parser
+
+
+def parse_config(argv: list[str] | None, arm: str, prog: str | None = None,
+                 extra: argparse.ArgumentParser | None = None) -> tuple[RunConfig, argparse.Namespace]:
+    """Parse argv into a validated RunConfig (exit 2 with one line on bad input) plus any extra args."""
+    parser = build_parser(arm, prog)
+    if extra is not None:
+        for action in extra._actions:
+            if action.option_strings and action.dest != "help":
+                parser._add_action(action)
+    ns = parser.parse_args(argv)
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    cfg = RunConfig(**{k: v for k, v in vars(ns).items() if k in names})
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        parser.error(str(e))
+    rest = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k not in names})
+    return cfg, rest

@@ -1,0 +1,117 @@
+"""What both trainers measure: thread set-up, the matmul peak for MFU, the weights digest, the curve."""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from train import record
+
+
+def configure_threads(intra_op_threads: int) -> None:
+    """Limit intra-op threads only: a PS cluster deadlocks with one inter-op thread (verified.md)."""
+    if intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+
+
+def set_precision(precision: str) -> None:
+    if precision != "fp32":
+        tf.keras.mixed_precision.set_global_policy(
+            {"mixed_fp16": "mixed_float16", "mixed_bf16": "mixed_bfloat16"}[precision])
+
+
+def peak_gflops(cfg) -> tuple[float, str]:
+    """(peak GFLOP/s of one worker, where it came from) for the MFU figure."""
+    if cfg.peak_gflops:
+        return cfg.peak_gflops, "given with --peak-gflops"
+    n, reps = 2048, 5
+    a = tf.random.uniform((n, n))
+    b = tf.random.uniform((n, n))
+    tf.linalg.matmul(a, b).numpy()  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        tf.linalg.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - t0)
+    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    return 2 * n**3 / best / 1e9, f"measured: best of {reps} fp32 {n}x{n} matmuls on this {device}, same threads"
+
+
+def weights_digest(model: tf.keras.Model) -> str:
+    """sha256 over every weight (trainable and BN statistics), in layer order."""
+    h = hashlib.sha256()
+    for w in model.weights:
+        h.update(np.ascontiguousarray(w.numpy()).tobytes())
+    return h.hexdigest()
+
+
+def verbosity(is_writer: bool) -> int:
+    """Keras fit verbosity: progress bar on a tty, one line per epoch otherwise, silent off the writer."""
+    if not is_writer:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
+class StepMeter(tf.keras.callbacks.Callback):
+    """Samples (wall time, optimizer.iterations) after every batch past warm-up, and the epoch curve.
+
+    images/sec comes from the change of the optimizer's global step, never from scheduled batches.
+    """
+
+    def __init__(self, warmup_steps: int, images_per_step: int):
+        super().__init__()
+        self.warmup_steps, self.images_per_step = warmup_steps, images_per_step
+        self.segments: list[list[tuple[float, int]]] = []  # one per epoch
+        self.curve: list[dict] = []
+        self.t_start = time.perf_counter()
+
+    def on_train_begin(self, logs=None):
+        self.t_start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Samples stay within an epoch: evaluation between epochs is not training time.
+        self.segments.append([])
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step >= self.warmup_steps:
+            self.segments[-1].append((time.perf_counter(), step))
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        point = {"epoch": epoch + 1, "wall_s": time.perf_counter() - self.t_start, "steps": step,
+                 "images": step * self.images_per_step}
+        point.update({k: float(v) for k, v in (logs or {}).items()})
+        self.curve.append(point)
+
+    def result(self) -> dict:
+        return record.throughput(self.segments, self.images_per_step)
+
+
+def run_summary(cfg, throughput: dict, curve: list[dict], num_classes: int, num_workers: int,
+                global_batch: int, steps: int) -> dict:
+    """Record fields both trainers share: throughput, FLOPs, MFU, the curve and final metrics."""
+    from train.model import gradient_bytes, train_flops_per_image, trainable_params
+
+    gflop = train_flops_per_image(cfg.image_size, num_classes, cfg.head, cfg.width) / 1e9
+    ips = throughput["images_per_sec"]
+    peak, peak_source = peak_gflops(cfg)
+    achieved = ips * gflop if ips else None
+    last = curve[-1] if curve else {}
+    return {
+        "num_workers": num_workers, "global_batch": global_batch, "num_classes": num_classes,
+        "steps": steps, "epochs": cfg.epochs, "warmup_steps": cfg.warmup_steps,
+        **throughput,
+        "train_gflop_per_img": gflop, "achieved_gflops": achieved,
+        "mfu": achieved / (peak * num_workers) if achieved else None,
+        "peak_gflops_per_worker": peak, "peak_source": peak_source,
+        "trainable_params": trainable_params(cfg.image_size, num_classes, cfg.head, cfg.width),
+        "gradient_bytes": gradient_bytes(cfg.image_size, num_classes, cfg.head, cfg.width, cfg.compression),
+        "curve": curve,
+        "final": {k: last[k] for k in ("loss", "top1", "top5", "val_loss", "val_top1", "val_top5") if k in last},
+        "finished_at": record.now_iso(),
+    }

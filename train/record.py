@@ -1,0 +1,159 @@
+"""The run record: one JSON line per run, appended atomically by one writer. No TensorFlow import here."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import fcntl
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+SCHEMA_VERSION = 1
+REQUIRED_FIELDS = (
+    "schema_version", "run_id", "started_at", "status", "mode", "model", "head", "dataset", "image_size",
+    "num_workers", "num_ps", "per_worker_batch", "global_batch", "steps", "warmup_steps",
+    "images_per_sec", "images_per_sec_se", "step_time_s", "train_gflop_per_img", "achieved_gflops",
+    "mfu", "compression", "versions", "hosts", "slurm_job_id", "git_sha", "git_dirty", "config",
+)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def default_run_id() -> str:
+    job = os.environ.get("SLURM_JOB_ID")
+    return job if job else _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + f"{os.getpid()}"
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit sha, dirty flag) of the checkout this code runs from; (None, None) outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        return sha, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in ("tensorflow", "horovod"):
+        mod = sys.modules.get(name)
+        out[name] = getattr(mod, "__version__", None) if mod else None
+    return out
+
+
+def throughput(segments: list[list[tuple[float, int]]], images_per_step: int, windows: int = 5) -> dict:
+    """images/sec from segments of (wall time, optimizer iterations) samples taken after warm-up.
+
+    A segment is a stretch of uninterrupted training (one epoch: evaluation between epochs is not
+    training). The segments are cut into about `windows` windows in all; each window's rate is
+    Δiterations × images_per_step / Δt. Returns the mean and standard error over windows, and step times.
+    """
+    segments = [s for s in segments if len(s) >= 2]
+    total = sum(len(s) - 1 for s in segments)
+    rates, step_times, steps = [], [], 0
+    for seg in segments:
+        n = len(seg) - 1
+        w = max(1, min(n, round(windows * n / total)))
+        bounds = [round(i * n / w) for i in range(w + 1)]
+        for a, b in zip(bounds, bounds[1:]):
+            (t0, i0), (t1, i1) = seg[a], seg[b]
+            if t1 > t0 and i1 > i0:
+                rates.append((i1 - i0) * images_per_step / (t1 - t0))
+        step_times += [(t1 - t0) / (i1 - i0) for (t0, i0), (t1, i1) in zip(seg, seg[1:]) if i1 > i0]
+        steps += seg[-1][1] - seg[0][1]
+    step_times.sort()
+    return {"images_per_sec": statistics.fmean(rates) if rates else None,
+            "images_per_sec_se": statistics.stdev(rates) / len(rates) ** 0.5 if len(rates) > 1 else None,
+            "windows": len(rates), "measured_steps": steps,
+            "step_time_s": {"p50": _quantile(step_times, 0.5), "p95": _quantile(step_times, 0.95)}}
+
+
+def _quantile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(values: list[float], bins: int | None = None) -> dict:
+    """mean, p50, p95, max (and an integer histogram) of a list of numbers."""
+    ordered = sorted(values)
+    out = {"n": len(ordered), "mean": statistics.fmean(ordered) if ordered else None,
+           "p50": _quantile(ordered, 0.5), "p95": _quantile(ordered, 0.95),
+           "max": ordered[-1] if ordered else None}
+    if bins is not None or all(float(v).is_integer() for v in ordered):
+        hist: dict[str, int] = {}
+        for v in ordered:
+            hist[str(int(v))] = hist.get(str(int(v)), 0) + 1
+        out["histogram"] = hist
+    return out
+
+
+def base_record(cfg, mode: str, run_id: str, started_at: str) -> dict:
+    """The fields every record shares, from the config and the environment."""
+    sha, dirty = git_state()
+    return {
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "started_at": started_at, "status": "ok",
+        "mode": mode, "model": "cnn11", "head": cfg.head, "width": cfg.width, "dataset": cfg.dataset,
+        "image_size": cfg.image_size, "per_worker_batch": cfg.per_worker_batch,
+        "compression": cfg.compression, "precision": cfg.precision, "tag": cfg.tag,
+        "versions": versions(), "hosts": [socket.gethostname()],
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "git_sha": sha, "git_dirty": dirty,
+        "config": dataclasses.asdict(cfg), "finished_at": None,
+    }
+
+
+def append_record(path: str, record: dict) -> None:
+    """Append one JSON line as a single write under an exclusive lock; never leaves a partial line."""
+    missing = [k for k in REQUIRED_FIELDS if k not in record]
+    if missing:
+        raise ValueError(f"record lacks fields: {', '.join(missing)}")
+    line = (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            written = os.write(fd, line)
+            if written != len(line):  # a short write: cut back so the file holds whole lines only
+                os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_END) - written)
+                raise OSError(f"short write to {path}")
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def read_records(path: str) -> tuple[list[dict], list[int]]:
+    """All intact records of a runs.jsonl and the line numbers of torn/invalid lines."""
+    records, bad = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError
+                records.append(rec)
+            except ValueError:
+                bad.append(n)
+    return records, bad
+
+
+def wall_clock() -> float:
+    return time.perf_counter()

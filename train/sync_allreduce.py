@@ -1,0 +1,87 @@
+"""Synchronous data-parallel cnn11 training: Horovod ring-allreduce.
+
+Run one process per GPU (or CPU slot) under horovodrun, mpirun or `srun --mpi=pmix`:
+    horovodrun -np 2 python -m train.sync_allreduce --dataset synthetic --epochs 2
+Every line that exists only because of distribution is tagged `# Horovod:`.
+"""
+from __future__ import annotations
+
+import socket
+import sys
+
+import tensorflow as tf
+import horovod.tensorflow.keras as hvd  # Horovod:
+
+from train import data, measure, record
+from train.config import parse_config
+from train.model import cnn11
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, _ = parse_config(argv, arm="sync", prog="train.sync_allreduce")
+    started_at = record.now_iso()
+
+    # Horovod: one process per device; pin one GPU per local rank when there are GPUs.
+    hvd.init()
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
+    num_workers, rank = hvd.size(), hvd.rank()  # Horovod:
+    is_writer = rank == 0  # Horovod: rank 0 alone writes the record
+    run_id = hvd.broadcast_object(cfg.run_id or record.default_run_id(), root_rank=0)  # Horovod:
+
+    measure.configure_threads(cfg.intra_op_threads)
+    measure.set_precision(cfg.precision)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    try:
+        spec = data.describe(cfg)
+    except (ValueError, OSError) as e:
+        print(f"train.sync_allreduce: error: {e}", file=sys.stderr)
+        return 2
+    steps_per_epoch = data.steps_per_epoch(cfg, spec, num_workers)
+    global_batch = cfg.per_worker_batch * num_workers
+    train_ds = data.train_dataset(cfg, num_shards=num_workers, shard_index=rank)  # Horovod: rank's shard
+    eval_ds = data.eval_dataset(cfg)
+    if eval_ds is not None:
+        eval_ds = eval_ds.unbatch().shard(num_workers, rank).batch(cfg.per_worker_batch)  # Horovod:
+
+    model = cnn11((cfg.image_size, cfg.image_size, 3), spec.num_classes, cfg.head, cfg.width)
+    lr = cfg.lr * num_workers  # Horovod: linear learning-rate scaling with the worker count
+    optimizer = tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=cfg.momentum)
+    compression = hvd.Compression.fp16 if cfg.compression == "fp16" else hvd.Compression.none  # Horovod:
+    optimizer = hvd.DistributedOptimizer(optimizer, compression=compression)  # Horovod: ring-allreduce
+    model.compile(optimizer=optimizer,
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
+                           tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
+
+    meter = measure.StepMeter(cfg.warmup_steps, images_per_step=global_batch)
+    callbacks = [
+        hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # Horovod: same initial weights everywhere
+        hvd.callbacks.MetricAverageCallback(),  # Horovod: logs averaged over ranks
+    ]
+    if cfg.lr_warmup_epochs:  # Horovod: ramp up to the scaled learning rate
+        callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
+            initial_lr=lr, warmup_epochs=cfg.lr_warmup_epochs, steps_per_epoch=steps_per_epoch))
+    callbacks.append(meter)
+    model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, validation_data=eval_ds,
+              callbacks=callbacks, verbose=measure.verbosity(is_writer))
+
+    digests = hvd.allgather_object(measure.weights_digest(model))  # Horovod: ranks must agree
+    hosts = hvd.allgather_object(socket.gethostname())  # Horovod:
+    if not is_writer:
+        return 0
+    rec = record.base_record(cfg, mode="sync", run_id=run_id, started_at=started_at)
+    rec.update(measure.run_summary(cfg, meter.result(), meter.curve, spec.num_classes, num_workers,
+                                   global_batch, steps=cfg.epochs * steps_per_epoch))
+    rec.update({"num_ps": 0, "hosts": sorted(set(hosts)), "weights_sha256": digests,
+                "engine": "horovod", "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo"})
+    record.append_record(cfg.runs_path, rec)
+    print(f"record {run_id} -> {cfg.runs_path}: {rec['images_per_sec']:.1f} images/sec on {num_workers} workers")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
