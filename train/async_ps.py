@@ -1,0 +1,122 @@
+"""Asynchronous data-parallel cnn11 training: TensorFlow's ParameterServerStrategy (DistBelief-style).
+
+Local cluster (S PS + N workers on 127.0.0.1, the chief in this process), or one task of a cluster
+described by TF_CONFIG or a SLURM step (every task runs the same command):
+    python -m train.async_ps --workers 2 --ps 1 --dataset synthetic --epochs 2
+Every line that exists only because of the parameter-server method is tagged `# PS:`.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import tensorflow as tf
+
+from train import data, measure, ps_cluster, ps_meter, record  # PS: ps_cluster, ps_meter
+from train.config import ConfigError, parse_config
+from train.model import cnn11
+
+PROG = "train.async_ps"  # PS:
+MIN_SHARD_BYTES = 64 << 10  # PS: variables above 64 KiB are split over the PS shards
+
+
+def main(argv: list[str] | None = None) -> int:
+    from_command_line, argv = argv is None, sys.argv[1:] if argv is None else list(argv)  # PS: passed on
+    cfg, extra = parse_config(argv, arm="async", prog=PROG, extra=ps_cluster.extra_parser())
+    started_at = record.now_iso()
+    if cfg.compression != "none":  # PS: the strategy pushes fp32 gradients, say so instead of faking it
+        print(f"{PROG}: error: --compression {cfg.compression}: {ps_meter.NO_COMPRESSION}", file=sys.stderr)
+        return 2
+    try:  # PS: the cluster: local launcher, TF_CONFIG or SLURM; workers and PS only serve
+        with ps_cluster.cluster(extra.cluster, cfg, argv) as (resolver, launcher, source):
+            if resolver.task_type in ("worker", "ps"):
+                return ps_cluster.serve(resolver, cfg.intra_op_threads)
+            code = chief(cfg, resolver, launcher, source, started_at)
+        if launcher and from_command_line:  # PS: skip TF's exit-time calls to the tasks we just stopped
+            sys.stdout.flush(), sys.stderr.flush(), os._exit(code)
+        return code
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except ps_cluster.Terminated:
+        print(f"{PROG}: terminated by SIGTERM; cluster torn down", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; cluster torn down", file=sys.stderr)
+        return 130
+
+
+def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: the coordinator
+    jobs = resolver.cluster_spec().as_dict()  # PS:
+    num_workers, num_ps = len(jobs["worker"]), len(jobs["ps"])  # PS:
+    is_writer = True  # PS: the chief alone runs fit and writes the record
+    run_id = cfg.run_id or record.default_run_id()
+
+    measure.configure_threads(cfg.intra_op_threads)
+    measure.set_precision(cfg.precision)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    try:
+        spec = data.describe(cfg)
+    except (ValueError, OSError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    steps_per_epoch = data.steps_per_epoch(cfg, spec, 1)  # PS: a scheduled step is one worker's batch
+    global_batch = cfg.per_worker_batch  # PS: every update is one worker's batch (no barrier)
+    partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(  # PS:
+        min_shard_bytes=MIN_SHARD_BYTES, max_shards=num_ps)
+    strategy = tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)  # PS:
+    train_ds = tf.keras.utils.experimental.DatasetCreator(  # PS: each worker builds its own pipeline
+        ps_meter.worker_dataset_fn(cfg, data.train_dataset))
+    eval_ds = data.eval_dataset(cfg)  # PS: evaluated on the chief, on a local copy of the weights
+
+    def make_model():
+        return cnn11((cfg.image_size, cfg.image_size, 3), spec.num_classes, cfg.head, cfg.width)
+
+    with strategy.scope():  # PS: variables live on the PS shards
+        model = ps_meter.staleness_model(make_model(), ps_meter.StalenessLog())  # PS: staleness step
+        lr = cfg.lr  # PS: no scaling: every update is one worker's batch
+        optimizer = tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=cfg.momentum)
+        model.compile(optimizer=optimizer,
+                      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
+                               tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
+
+    evaluate = None if eval_ds is None else ps_meter.local_evaluator(  # PS: epoch-level callbacks only
+        lambda: compile_local(make_model(), lr, cfg.momentum), eval_ds)
+    meter = ps_meter.IterationSampler(cfg.warmup_steps, images_per_step=global_batch, evaluate=evaluate)
+    callbacks = [meter]
+    model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+              callbacks=callbacks, verbose=measure.verbosity(is_writer))
+
+    digest = measure.weights_digest(ps_meter.local_copy(model, make_model))  # PS: one copy, on the PS
+    alive = ps_meter.workers_alive(num_workers)  # PS: which workers still answer
+    if not is_writer:
+        return 0
+    rec = record.base_record(cfg, mode="async", run_id=run_id, started_at=started_at)
+    rec.update(measure.run_summary(cfg, meter.result(), meter.curve, spec.num_classes, num_workers,
+                                   global_batch, steps=cfg.epochs * steps_per_epoch))
+    rec.update({"num_ps": num_ps, "hosts": sorted({a.split(":")[0] for t in jobs.values() for a in t}
+                                                  | {socket.gethostname()}), "weights_sha256": [digest],
+                "engine": "tf.distribute.ParameterServerStrategy", "cluster_source": source,  # PS:
+                "shard_layout": ps_meter.shard_layout(model, num_ps, MIN_SHARD_BYTES),  # PS:
+                "applied_updates": int(model.optimizer.iterations.numpy()),  # PS: retried steps count
+                "staleness": model.staleness.summary(),  # PS:
+                "workers_lost": alive.count(False), "workers_alive": alive,  # PS:
+                "launcher_exits": launcher.exited() if launcher else None,  # PS: e.g. {"worker:1": -9}
+                "compression_supported": False, "compression_note": ps_meter.NO_COMPRESSION})  # PS:
+    record.append_record(cfg.runs_path, rec)
+    print(f"record {run_id} -> {cfg.runs_path}: {rec['images_per_sec']:.1f} images/sec on {num_workers} workers")
+    return 0
+
+
+def compile_local(model: tf.keras.Model, lr: float, momentum: float) -> tf.keras.Model:  # PS:
+    model.compile(optimizer=tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=momentum),
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
+                           tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
+    return model
+
+
+if __name__ == "__main__":
+    sys.exit(main())
