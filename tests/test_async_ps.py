@@ -200,7 +200,7 @@ def test_sigkill_one_of_two_workers_run_finishes(tmp_path):
 
 @pytest.mark.slow
 def test_no_orphans_after_success(tmp_path):
-    run_ = Launcher(tmp_path, "--workers", "2", "--ps", "1", "--epochs", "1", "--steps-per-epoch", "5",
+    run_ = Launcher(tmp_path, "--workers", "2", "--ps", "1", "--epochs", "3", "--steps-per-epoch", "10",
                     "--warmup-steps", "1")
     run_.wait_for_epoch(1)
     children = cluster_children(run_.proc.pid)

@@ -66,8 +66,7 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
     partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(  # PS:
         min_shard_bytes=MIN_SHARD_BYTES, max_shards=num_ps)
     strategy = tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)  # PS:
-    train_ds = tf.keras.utils.experimental.DatasetCreator(  # PS: each worker builds its own pipeline
-        ps_meter.worker_dataset_fn(cfg, data.train_dataset))
+    train_ds = tf.keras.utils.experimental.DatasetCreator(ps_meter.worker_dataset_fn(cfg))  # PS: per worker
     eval_ds = data.eval_dataset(cfg)  # PS: evaluated on the chief, on a local copy of the weights
 
     def make_model():

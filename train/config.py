@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 
 DATASETS = ("synthetic", "digits", "imagenet2012")  # plus folder:PATH
@@ -96,14 +97,18 @@ class RunConfig:
 
 
 def check_writable_dir(path: str) -> None:
-    """ConfigError unless `path` exists as a writable dir or could be created (creates nothing)."""
+    """ConfigError unless `path` is, or could be made as, a writable dir. Leaves nothing behind."""
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         raise ConfigError(f"results dir is not writable: {path} ({probe} is not a directory)")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"results dir is not writable: {path}")
+    try:  # os.access says yes to root everywhere; a real file creation tells the truth
+        fd, name = tempfile.mkstemp(prefix=".write-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise ConfigError(f"results dir is not writable: {path} ({e.strerror})") from None
 
 
 class _OneLineParser(argparse.ArgumentParser):

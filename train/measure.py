@@ -53,7 +53,8 @@ def verbosity(is_writer: bool) -> int:
     """Keras fit verbosity: progress bar on a tty, one line per epoch otherwise, silent off the writer."""
     if not is_writer:
         return 0
-    return 1 if sys.stdout.isatty() else 2
+    under_launcher = any(k in os.environ for k in ("OMPI_COMM_WORLD_RANK", "HOROVOD_RANK", "SLURM_PROCID"))
+    return 1 if sys.stdout.isatty() and not under_launcher else 2  # mpirun hands ranks a pty
 
 
 class StepMeter(tf.keras.callbacks.Callback):
@@ -93,13 +94,13 @@ class StepMeter(tf.keras.callbacks.Callback):
 
 
 def run_summary(cfg, throughput: dict, curve: list[dict], num_classes: int, num_workers: int,
-                global_batch: int, steps: int) -> dict:
+                global_batch: int, steps: int, peak: tuple[float, str] | None = None) -> dict:
     """Record fields both trainers share: throughput, FLOPs, MFU, the curve and final metrics."""
     from train.model import gradient_bytes, train_flops_per_image, trainable_params
 
     gflop = train_flops_per_image(cfg.image_size, num_classes, cfg.head, cfg.width) / 1e9
     ips = throughput["images_per_sec"]
-    peak, peak_source = peak_gflops(cfg)
+    peak, peak_source = peak or peak_gflops(cfg)  # best measured before training, under the same load
     achieved = ips * gflop if ips else None
     last = curve[-1] if curve else {}
     return {

@@ -222,11 +222,11 @@ class LocalCluster:
 def cluster(requested: str, cfg, argv: list[str]):
     """Yield (resolver, launcher or None, source name); ConfigError on a bad cluster description."""
     kind = source(requested)
+    os.environ.update(CHILD_ENV)  # the chief too, before TensorFlow opens its channels
     if kind == "local":
         with LocalCluster(cfg.workers, cfg.ps, argv) as local:
             yield local.resolver(), local, kind
         return
-    os.environ.update(CHILD_ENV)
     resolver = tf_config_resolver() if kind == "tf_config" else slurm_resolver(cfg.ps)
     check_shape(resolver, cfg)
     yield resolver, None, kind

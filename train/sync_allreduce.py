@@ -11,15 +11,33 @@ import sys
 
 import tensorflow as tf
 import horovod.tensorflow.keras as hvd  # Horovod:
+from horovod.tensorflow import allgather_object, broadcast_object  # Horovod:
 
 from train import data, measure, record
 from train.config import parse_config
 from train.model import cnn11
 
 
+class AverageBatchNormStatistics(tf.keras.callbacks.Callback):
+    """Horovod: allreduce only averages gradients; average BN moving statistics before every
+    evaluation and at the end, so all ranks evaluate, and finish with, the same model."""
+
+    def _average(self) -> None:
+        for v in self.model.non_trainable_variables:
+            v.assign(hvd.allreduce(v, op=hvd.Average))
+
+    def on_test_begin(self, logs=None):
+        self._average()
+
+    def on_train_end(self, logs=None):
+        self._average()
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_config(argv, arm="sync", prog="train.sync_allreduce")
     started_at = record.now_iso()
+    measure.configure_threads(cfg.intra_op_threads)  # before anything starts TensorFlow's runtime
+    measure.set_precision(cfg.precision)
 
     # Horovod: one process per device; pin one GPU per local rank when there are GPUs.
     hvd.init()
@@ -30,10 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
     num_workers, rank = hvd.size(), hvd.rank()  # Horovod:
     is_writer = rank == 0  # Horovod: rank 0 alone writes the record
-    run_id = hvd.broadcast_object(cfg.run_id or record.default_run_id(), root_rank=0)  # Horovod:
+    run_id = broadcast_object(cfg.run_id or record.default_run_id(), root_rank=0)  # Horovod:
 
-    measure.configure_threads(cfg.intra_op_threads)
-    measure.set_precision(cfg.precision)
     tf.keras.utils.set_random_seed(cfg.seed)
     try:
         spec = data.describe(cfg)
@@ -57,10 +73,12 @@ def main(argv: list[str] | None = None) -> int:
                   metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
                            tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
 
+    peak = measure.peak_gflops(cfg)  # all ranks at once: each gets its fair share of the machine
     meter = measure.StepMeter(cfg.warmup_steps, images_per_step=global_batch)
     callbacks = [
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # Horovod: same initial weights everywhere
         hvd.callbacks.MetricAverageCallback(),  # Horovod: logs averaged over ranks
+        AverageBatchNormStatistics(),  # Horovod: BN moving statistics are per rank until averaged
     ]
     if cfg.lr_warmup_epochs:  # Horovod: ramp up to the scaled learning rate
         callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
@@ -69,13 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, validation_data=eval_ds,
               callbacks=callbacks, verbose=measure.verbosity(is_writer))
 
-    digests = hvd.allgather_object(measure.weights_digest(model))  # Horovod: ranks must agree
-    hosts = hvd.allgather_object(socket.gethostname())  # Horovod:
+    digests = allgather_object(measure.weights_digest(model))  # Horovod: ranks must agree
+    hosts = allgather_object(socket.gethostname())  # Horovod:
     if not is_writer:
         return 0
     rec = record.base_record(cfg, mode="sync", run_id=run_id, started_at=started_at)
     rec.update(measure.run_summary(cfg, meter.result(), meter.curve, spec.num_classes, num_workers,
-                                   global_batch, steps=cfg.epochs * steps_per_epoch))
+                                   global_batch, steps=cfg.epochs * steps_per_epoch, peak=peak))
     rec.update({"num_ps": 0, "hosts": sorted(set(hosts)), "weights_sha256": digests,
                 "engine": "horovod", "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo"})
     record.append_record(cfg.runs_path, rec)
