@@ -1,0 +1,75 @@
+"""Horovod allreduce microbenchmark: median time of an fp32 allreduce per message size.
+
+Run under the launcher, one process per rank (the sweep does this once per study):
+    horovodrun --gloo -np 2 -H localhost:2 python -m compare.bench_allreduce --out results/local/allreduce.json
+
+The only file of compare/ that imports TensorFlow: Horovod has no framework-free allreduce, and this
+file runs only as its own process (never imported by compare's modules). Rank 0 writes a JSON with
+the raw times and the alpha-beta fit t = 2(p-1) alpha + 2(p-1)/p * n / B (compare.scaling).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="compare.bench_allreduce")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--sizes", default="4096,65536,262144,1048576,4194304,16777216",
+                    help="message sizes in bytes, comma-separated")
+    ap.add_argument("--grad-bytes", type=int, default=0, help="the model's gradient bytes (added to sizes)")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--intra-op-threads", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    import horovod.tensorflow as hvd
+
+    hvd.init()
+    sizes = sorted({int(s) for s in args.sizes.split(",") if s} | ({args.grad_bytes} if args.grad_bytes else set()))
+    results = []
+    for n in sizes:
+        x = tf.ones([max(1, n // 4)], tf.float32)
+        for _ in range(3):
+            hvd.allreduce(x, op=hvd.Sum, name=f"warm{n}").numpy()
+        times = []
+        for i in range(args.reps):
+            hvd.allreduce(tf.zeros([1]), name="barrier").numpy()  # line the ranks up
+            t0 = time.perf_counter()
+            hvd.allreduce(x, op=hvd.Sum, name=f"ar{n}").numpy()
+            times.append(time.perf_counter() - t0)
+        # The slowest rank decides: max over ranks of each rank's median.
+        med = statistics.median(times)
+        med_all = hvd.allgather_object(med)
+        results.append({"bytes": 4 * max(1, n // 4), "median_s": max(med_all), "per_rank_median_s": med_all,
+                        "min_s": min(times)})
+    if hvd.rank() == 0:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from compare.scaling import fit_alpha_beta
+        alpha, bw = fit_alpha_beta([r["bytes"] for r in results], [r["median_s"] for r in results], hvd.size())
+        out = {"np": hvd.size(), "controller": "mpi" if hvd.mpi_enabled() else "gloo",
+               "alpha_s": alpha, "bw_Bps": bw, "grad_bytes": args.grad_bytes or None,
+               "sizes": results, "reps": args.reps, "host": socket.gethostname(),
+               "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                            "horovod": __import__("horovod").__version__},
+               "fit": "t = 2(p-1) alpha + 2(p-1)/p * n / B, least squares on relative residuals",
+               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tmp = args.out + ".tmp"
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=1)
+        os.replace(tmp, args.out)
+        print(f"allreduce np={hvd.size()}: alpha {alpha * 1e6:.1f} us, B {bw / 1e9:.2f} GB/s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

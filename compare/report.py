@@ -1,0 +1,640 @@
+"""`python -m compare report`: runs.jsonl -> report.md + PNGs. pandas + matplotlib (Agg); no TensorFlow.
+
+Groups by (mode, model, width, head, image size, per-worker batch, compression, PS shards); the
+baseline of a group is its 1-worker runs; speedup and efficiency carry standard errors (delta method)
+and n. The local cost profile is calibrated from the runs themselves (1-worker step times, the
+side-by-side ceiling runs, the allreduce microbenchmark) and then predicts every measured point.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shlex
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from compare import scaling  # noqa: E402
+from train.record import read_records  # noqa: E402  (train.record imports no TensorFlow)
+
+GROUP = ["mode", "model", "width", "head", "image_size", "per_worker_batch", "compression", "num_ps"]
+MODE_COLORS = {"sync": "tab:blue", "async": "tab:orange"}
+PROFILE_STYLES = {"local": "-", "tsubame2.5": "--", "h200": ":"}
+GOAL = 0.05
+
+
+class ReportError(ValueError):
+    """Bad input (missing or empty runs.jsonl): one line, exit 2, nothing written."""
+
+
+# ------------------------------------------------------------------ loading
+def parse_tag(tag) -> dict:
+    out = {}
+    for part in str(tag or "").split(";"):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def load_runs(path: str) -> tuple[pd.DataFrame, list[int]]:
+    """All intact records as a flat DataFrame, and the torn line numbers. ReportError when none."""
+    if not os.path.isfile(path):
+        raise ReportError(f"no runs file: {path}")
+    records, torn = read_records(path)
+    if not records:
+        raise ReportError(f"{path} holds no intact records" + (f" (torn lines {torn})" if torn else ""))
+    rows = []
+    for r in records:
+        tag = parse_tag(r.get("tag"))
+        step = r.get("step_time_s") or {}
+        stale = r.get("staleness") or {}
+        rows.append({
+            "run_id": r.get("run_id"), "status": r.get("status", "ok"), "mode": r.get("mode"),
+            "model": r.get("model", "cnn11"), "width": float(r.get("width") or (r.get("config") or {}).get("width", 1.0)),
+            "head": r.get("head"), "image_size": r.get("image_size"),
+            "per_worker_batch": r.get("per_worker_batch"), "compression": r.get("compression") or "none",
+            "num_ps": int(r.get("num_ps") or 0), "num_workers": r.get("num_workers"),
+            "num_classes": r.get("num_classes"),
+            "images_per_sec": r.get("images_per_sec"), "images_per_sec_se": r.get("images_per_sec_se"),
+            "step_p50": step.get("p50") if isinstance(step, dict) else None,
+            "trainable_params": r.get("trainable_params"), "gradient_bytes": r.get("gradient_bytes"),
+            "train_gflop_per_img": r.get("train_gflop_per_img"),
+            "role": tag.get("role", "main"), "copies": int(tag.get("copies", 1)), "pin": tag.get("pin"),
+            "error": r.get("error"), "started_at": r.get("started_at"),
+            "staleness_mean": stale.get("mean") if isinstance(stale, dict) else None,
+            "staleness_p95": stale.get("p95") if isinstance(stale, dict) else None,
+            "staleness_max": stale.get("max") if isinstance(stale, dict) else None,
+            "_record": r,
+        })
+    df = pd.DataFrame(rows)
+    for col in ("images_per_sec", "images_per_sec_se", "step_p50", "trainable_params", "gradient_bytes",
+                "train_gflop_per_img", "num_workers", "image_size", "per_worker_batch"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df, torn
+
+
+def usable(df: pd.DataFrame) -> pd.DataFrame:
+    """Main-role runs with status ok and a measured rate: what the statistics use."""
+    return df[(df["status"] == "ok") & (df["role"] == "main") & df["images_per_sec"].notna()]
+
+
+# ------------------------------------------------------------------ statistics
+def _se(values: pd.Series, within: pd.Series) -> float:
+    """SE of the mean over repeats; with one repeat, that run's own (within-run, over windows) SE."""
+    v = values.dropna()
+    if len(v) >= 2:
+        return float(v.std(ddof=1) / math.sqrt(len(v)))
+    if len(v) == 1 and within.notna().any():
+        return float(within.dropna().iloc[0])
+    return float("nan")
+
+
+def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (group, workers): n, images/sec mean and SE, speedup and efficiency with SEs."""
+    ok = usable(df)
+    cols = GROUP + ["num_workers", "n", "ips", "ips_se", "ips_median", "base_ips", "base_se", "base_n",
+                    "speedup", "speedup_se", "efficiency", "efficiency_se"]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for key, g in ok.groupby(GROUP + ["num_workers"], dropna=False, sort=True):
+        rows.append({**dict(zip(GROUP + ["num_workers"], key)), "n": int(len(g)),
+                     "ips": float(g["images_per_sec"].mean()), "ips_se": _se(g["images_per_sec"], g["images_per_sec_se"]),
+                     "ips_median": float(g["images_per_sec"].median())})
+    t = pd.DataFrame(rows)
+    t["num_workers"] = t["num_workers"].astype(int)
+    base = t[t["num_workers"] == 1][GROUP + ["ips", "ips_se", "n"]].rename(
+        columns={"ips": "base_ips", "ips_se": "base_se", "n": "base_n"})
+    t = t.merge(base, on=GROUP, how="left")
+    t["speedup"] = t["ips"] / t["base_ips"]
+    rel = np.sqrt((t["ips_se"] / t["ips"]) ** 2 + (t["base_se"] / t["base_ips"]) ** 2)
+    t["speedup_se"] = np.where(t["num_workers"] == 1, 0.0, t["speedup"] * rel)
+    t["efficiency"] = t["speedup"] / t["num_workers"]
+    t["efficiency_se"] = t["speedup_se"] / t["num_workers"]
+    return t[cols].sort_values(GROUP + ["num_workers"]).reset_index(drop=True)
+
+
+def failed_runs(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] != "ok"][["run_id", "mode", "num_workers", "head", "status", "error"]]
+
+
+# ------------------------------------------------------------------ the local profile
+def load_bench(study_dir: str) -> dict | None:
+    path = os.path.join(study_dir, "allreduce.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        return d if d.get("alpha_s") is not None and d.get("bw_Bps") else None
+    except (OSError, ValueError):
+        return None
+
+
+def ceiling_kappa(df: pd.DataFrame, solo_ips: float) -> dict[int, float]:
+    """kappa(p) = one pinned 1-worker run alone / the same run beside p-1 others (sync trainer)."""
+    c = df[(df["status"] == "ok") & (df["role"] == "ceiling") & df["images_per_sec"].notna()]
+    out = {1: 1.0}
+    for copies, g in c.groupby("copies"):
+        if copies > 1 and solo_ips > 0:
+            out[int(copies)] = float(solo_ips / g["images_per_sec"].mean())
+    return out
+
+
+def calibrate(df: pd.DataFrame, table: pd.DataFrame, bench: dict | None, cores: int,
+              width=None, image_size=None, batch=None) -> tuple[scaling.Profile | None, dict]:
+    """The local profile for one (width, image size, batch) from its sync 1-worker runs; info for the report."""
+    info: dict = {"assumptions": []}
+    base = table[(table["mode"] == "sync") & (table["num_workers"] == 1) & (table["compression"] == "none")]
+    if width is not None:
+        base = base[(base["width"] == width) & (base["image_size"] == image_size) & (base["per_worker_batch"] == batch)]
+    if base.empty:
+        info["missing"] = "no sync 1-worker runs without compression: nothing to calibrate the local profile from"
+        return None, info
+    first = base.iloc[0]
+    width, image_size, batch = first["width"], int(first["image_size"]), int(first["per_worker_batch"])
+    ok = usable(df)
+    same = ok[(ok["width"] == width) & (ok["image_size"] == image_size) & (ok["per_worker_batch"] == batch)]
+    workloads, overhead = {}, {}
+    solo_ips = None
+    for _, row in base.iterrows():
+        head = row["head"]
+        rec = same[(same["mode"] == "sync") & (same["head"] == head)].iloc[0]
+        t1 = batch / row["ips"]
+        workloads[head] = scaling.Workload(head, batch, t1, 4.0 * rec["trainable_params"],
+                                           f"sync 1-worker mean {row['ips']:.1f} img/s (n={row['n']})")
+        solo_ips = solo_ips or row["ips"]
+        a1 = table[(table["mode"] == "async") & (table["num_workers"] == 1) & (table["head"] == head)
+                   & (table["width"] == width) & (table["image_size"] == image_size)
+                   & (table["per_worker_batch"] == batch) & (table["compression"] == "none")]
+        if not a1.empty:
+            overhead[head] = batch / a1.iloc[0]["ips"]  # the measured 1-worker async update time
+    if "gap" in workloads and "fc4096" not in workloads:  # carry the measured compute over by FLOPs
+        rec = same[(same["mode"] == "sync") & (same["head"] == "gap")].iloc[0]
+        classes = int(rec["num_classes"] or 10)
+        p_gap, m_gap = scaling.head_dense_counts("gap", image_size, width, classes)
+        p_fc, m_fc = scaling.head_dense_counts("fc4096", image_size, width, classes)
+        gflop_gap = rec["train_gflop_per_img"]
+        gflop_fc = gflop_gap + 6.0 * (m_fc - m_gap) / 1e9
+        w = workloads["gap"]
+        workloads["fc4096"] = scaling.Workload("fc4096", batch, w.t_compute * gflop_fc / gflop_gap,
+                                               w.grad_bytes + 4.0 * (p_fc - p_gap),
+                                               "gap-head compute scaled by FLOPs (fc4096 not measured)")
+        if "gap" in overhead:  # async: the part beyond the sync step scales with the bytes moved
+            extra = max(overhead["gap"] - w.t_compute, 0.0)
+            ratio = (p_fc + rec["trainable_params"] - p_gap) / rec["trainable_params"]
+            overhead["fc4096"] = workloads["fc4096"].t_compute + extra * ratio
+        info["assumptions"].append("fc4096 on this machine is not measured: its step time is the gap head's "
+                                   "scaled by training FLOPs, its async PS/RPC time by gradient bytes.")
+    kappa = ceiling_kappa(df[(df["width"] == width) & (df["image_size"] == image_size)
+                             & (df["per_worker_batch"] == batch)], solo_ips)
+    if len(kappa) == 1:
+        info["assumptions"].append("no side-by-side ceiling runs: no compute contention between cores (kappa = 1).")
+    if bench:
+        alpha, bw = float(bench["alpha_s"]), float(bench["bw_Bps"])
+    else:
+        alpha, bw = 0.0, float("inf")
+        info["assumptions"].append("no allreduce microbenchmark (allreduce.json): communication taken as free.")
+    info["assumptions"] += [
+        f"one pinned core = one 'GPU'; nodes of {cores} cores; beyond one node, nodes joined at this machine's "
+        "own measured alpha and B (the local projection shows the method, not a real cluster).",
+        "kappa(p) beyond the largest measured p stays at its last measured value.",
+        "async: p workers + chief + PS share p cores; the 1-worker async update time (measured) holds the "
+        "chief's and PS's CPU work; its excess over the sync step is the PS service time of one update "
+        "(one shard serves one update at a time: saturation at p = S x t_update / excess).",
+    ]
+    info.update({"width": width, "image_size": image_size, "batch": batch, "kappa": kappa,
+                 "alpha": alpha, "bw": bw, "overhead": overhead,
+                 "t_compute": {h: w.t_compute for h, w in workloads.items()}})
+    prof = scaling.local_profile(alpha, bw, workloads, kappa, overhead, cores, assumptions=info["assumptions"])
+    return prof, info
+
+
+def validation_table(table: pd.DataFrame, profile: scaling.Profile | None, info: dict) -> pd.DataFrame:
+    cols = GROUP + ["num_workers", "n", "ips", "ips_se", "predicted", "rel_error", "calibration"]
+    if profile is None or table.empty:
+        return pd.DataFrame(columns=cols)
+    t = table[(table["width"] == info["width"]) & (table["image_size"] == info["image_size"])
+              & (table["per_worker_batch"] == info["batch"])].copy()
+    preds, calib = [], []
+    for _, r in t.iterrows():
+        try:
+            pred = profile.predict(r["mode"], r["head"], int(r["num_workers"]), max(int(r["num_ps"]), 1),
+                                   r["compression"]).images_per_sec
+        except scaling.ModelError:
+            pred = float("nan")
+        preds.append(pred)
+        # p = 1 points fix t_compute (sync) and the async overhead: exact by construction
+        calib.append(int(r["num_workers"]) == 1 and r["compression"] == "none"
+                     and (r["mode"] == "sync" or r["head"] in profile.async_update))
+    t["predicted"] = preds
+    t["rel_error"] = (t["predicted"] - t["ips"]) / t["ips"]
+    t["calibration"] = calib
+    return t[cols].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------ projection
+def build_profiles(names: list[str], local: scaling.Profile | None) -> dict[str, scaling.Profile]:
+    out = {}
+    for name in names:
+        if name == "local":
+            if local is not None:
+                out[name] = local
+        else:
+            out[name] = scaling.cluster_profile(name)
+    return out
+
+
+def projection_table(profiles: dict[str, scaling.Profile], shards: int) -> pd.DataFrame:
+    rows = []
+    for name, prof in profiles.items():
+        for mode in ("sync", "async"):
+            for head in ("gap", "fc4096"):
+                if head not in prof.workloads or (mode == "async" and prof.name == "local"
+                                                  and head not in prof.async_update):
+                    continue
+                row = {"profile": name, "mode": mode, "head": head}
+                for p in scaling.PROJECTION_GPUS:
+                    row[p] = prof.speedup(mode, head, p, shards)
+                row["img/s @1"] = prof.predict(mode, head, 1, shards).images_per_sec
+                row["img/s @48"] = prof.predict(mode, head, 48, shards).images_per_sec
+                row["bound @48"] = prof.predict(mode, head, 48, shards).bound
+                if mode == "async":
+                    pr = prof.predict(mode, head, 1, shards)
+                    row["PS saturates at p"] = pr.saturation_workers
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ plots
+def _log2_axis(ax, max_p: int = 48) -> None:
+    ax.set_xscale("log", base=2)
+    ticks = [p for p in scaling.PROJECTION_GPUS if p <= max_p]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.set_xlim(0.85, max_p * 1.2)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _seed_point(ax, seed: dict) -> None:
+    ax.plot([seed["gpus"]], [seed["speedup"]], marker="*", markersize=16, color="crimson", linestyle="none",
+            label=f"seed study: >{seed['speedup']:.0f}x at {seed['gpus']} GPUs (2015)", zorder=5)
+
+
+def _main_groups(table: pd.DataFrame, info: dict | None) -> pd.DataFrame:
+    if info and "width" in info:
+        return table[(table["width"] == info["width"]) & (table["image_size"] == info["image_size"])
+                     & (table["per_worker_batch"] == info["batch"])]
+    return table
+
+
+def _group_label(r) -> str:
+    extra = f", fp16" if r["compression"] == "fp16" else ""
+    extra += f", {int(r['num_ps'])} PS" if r["mode"] == "async" else ""
+    return f"{r['mode']} {r['head']}{extra}"
+
+
+def plot_throughput(table, profiles, info, path) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    t = _main_groups(table, info)
+    for key, g in t.groupby(GROUP, dropna=False):
+        r = g.iloc[0]
+        ax.errorbar(g["num_workers"], g["ips"], yerr=g["ips_se"].fillna(0), fmt="o", capsize=4,
+                    color=MODE_COLORS.get(r["mode"]), label=f"measured {_group_label(r)} (mean ± SE)")
+    local = profiles.get("local")
+    ps = np.array(scaling.PROJECTION_GPUS)
+    if local is not None:
+        for mode in ("sync", "async"):
+            heads = [h for h in t[t["mode"] == mode]["head"].unique() if h in local.workloads]
+            for head in heads:
+                if mode == "async" and head not in local.async_update:
+                    continue
+                y = [local.predict(mode, head, int(p)).images_per_sec for p in ps]
+                ax.plot(ps, y, "-", color=MODE_COLORS[mode], alpha=0.8, label=f"model (local) {mode} {head}")
+        if "gap" in local.workloads:
+            one = local.predict("sync", "gap", 1).images_per_sec
+            ax.plot(ps, ps * one, color="gray", linestyle="--", linewidth=1, label="ideal (p x sync 1-worker)")
+    _log2_axis(ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("workers (one pinned CPU core each; log2 scale)")
+    ax.set_ylabel("images/sec, all workers (log scale)")
+    ax.set_title(f"cnn11 throughput on this machine, measured and modeled to 48 workers")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_speedup(table, profiles, info, seed, path, efficiency: bool = False) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    t = _main_groups(table, info)
+    col, se = ("efficiency", "efficiency_se") if efficiency else ("speedup", "speedup_se")
+    ps = np.array(scaling.PROJECTION_GPUS)
+    ax.plot(ps, np.ones_like(ps) if efficiency else ps, color="gray", linestyle="--", linewidth=1, label="ideal")
+    for name, prof in profiles.items():
+        for mode in ("sync", "async"):
+            if "gap" not in prof.workloads or (mode == "async" and name == "local" and "gap" not in prof.async_update):
+                continue
+            y = np.array([prof.speedup(mode, "gap", int(p)) for p in ps])
+            ax.plot(ps, y / ps if efficiency else y, PROFILE_STYLES.get(name, "-"), color=MODE_COLORS[mode],
+                    alpha=0.8, label=f"model {name}: {mode} gap")
+    for key, g in t.groupby(GROUP, dropna=False):
+        r = g.iloc[0]
+        g = g[g[col].notna()]
+        if g.empty:
+            continue
+        ax.errorbar(g["num_workers"], g[col], yerr=g[se].fillna(0), fmt="o", capsize=4, markersize=7,
+                    color=MODE_COLORS.get(r["mode"]), markeredgecolor="black",
+                    label=f"measured {_group_label(r)} (mean ± SE)")
+    _log2_axis(ax)
+    if efficiency:
+        ax.set_ylim(0, 1.15)
+        ax.set_ylabel("parallel efficiency (speedup / workers)")
+        ax.set_title("Efficiency: measured here and modeled to 48 GPUs")
+    else:
+        ax.set_yscale("log", base=2)
+        ax.set_yticks(list(scaling.PROJECTION_GPUS))
+        ax.set_yticklabels([str(v) for v in scaling.PROJECTION_GPUS])
+        ax.set_ylim(0.85, 60)
+        _seed_point(ax, seed)
+        ax.set_ylabel("speedup over 1 worker (images/sec ratio, log2)")
+        ax.set_title("Speedup: measured here, modeled to 48 GPUs per profile")
+    ax.set_xlabel("workers / GPUs (log2 scale)")
+    ax.legend(fontsize=7.5, loc="lower left" if efficiency else "upper left", ncol=1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_projection(profiles, seed, shards, path) -> plt.Figure:
+    names = list(profiles)
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5.2 * max(1, len(names)), 4.8), squeeze=False)
+    ps = np.array(scaling.PROJECTION_GPUS)
+    for ax, name in zip(axes[0], names):
+        prof = profiles[name]
+        ax.plot(ps, ps, color="gray", linestyle="--", linewidth=1, label="ideal")
+        for mode in ("sync", "async"):
+            for head, style in (("gap", "-"), ("fc4096", "-.")):
+                if head not in prof.workloads or (mode == "async" and name == "local" and head not in prof.async_update):
+                    continue
+                y = [prof.speedup(mode, head, int(p), shards) for p in ps]
+                ax.plot(ps, y, style, marker=".", color=MODE_COLORS[mode], label=f"{mode} {head}")
+        _seed_point(ax, seed)
+        _log2_axis(ax)
+        ax.set_yscale("log", base=2)
+        ax.set_yticks(list(scaling.PROJECTION_GPUS))
+        ax.set_yticklabels([str(v) for v in scaling.PROJECTION_GPUS])
+        ax.set_ylim(0.85, 60)
+        ax.set_title(f"{name} ({prof.per_node} per node)")
+        ax.set_xlabel("GPUs (log2)")
+        ax.set_ylabel("modeled speedup over 1 GPU")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Projected speedup, both arms and heads (async: {shards} PS shard{'s' if shards > 1 else ''})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_staleness(df: pd.DataFrame, path: str) -> plt.Figure | None:
+    ok = df[(df["status"] == "ok") & (df["mode"] == "async") & (df["role"] == "main")]
+    hists = {}
+    for _, r in ok.iterrows():
+        h = ((r["_record"].get("staleness") or {}).get("histogram")) or {}
+        acc = hists.setdefault(int(r["num_workers"]), {})
+        for k, v in h.items():
+            acc[int(k)] = acc.get(int(k), 0) + int(v)
+    hists = {p: h for p, h in hists.items() if h}
+    if not hists:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    width = 0.8 / len(hists)
+    for i, (p, h) in enumerate(sorted(hists.items())):
+        ks = sorted(h)
+        total = sum(h.values())
+        ax.bar(np.array(ks) + (i - (len(hists) - 1) / 2) * width, [h[k] / total for k in ks], width=width,
+               label=f"{p} worker{'s' if p > 1 else ''} (model: mean {scaling.expected_staleness(p)})")
+    ax.set_xlabel("staleness of an applied gradient (updates by other workers since its read)")
+    ax.set_ylabel("fraction of updates")
+    ax.set_title("Async staleness histogram, all repeats pooled")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_accuracy_time(df: pd.DataFrame, path: str) -> plt.Figure | None:
+    ok = df[(df["status"] == "ok") & (df["role"] == "main")]
+    series = []
+    for _, r in ok.iterrows():
+        curve = r["_record"].get("curve") or []
+        key = "val_top1" if any("val_top1" in c for c in curve) else "top1"
+        pts = [(c["wall_s"], c[key]) for c in curve if key in c and "wall_s" in c]
+        if len(pts) >= 2:
+            series.append((r, key, pts))
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    seen = set()
+    for r, key, pts in series:
+        lab = f"{r['mode']} p={int(r['num_workers'])} ({key})"
+        ax.plot(*zip(*pts), marker="o", color=MODE_COLORS.get(r["mode"]),
+                alpha=0.4 + 0.3 * (int(r["num_workers"]) > 1), label=None if lab in seen else lab)
+        seen.add(lab)
+    ax.set_xlabel("wall-clock seconds since training start")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title("Accuracy vs time")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+# ------------------------------------------------------------------ markdown
+def _fmt(v, spec=".1f", na="–") -> str:
+    try:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return na
+        return format(v, spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _conditions(study_dir: str, df: pd.DataFrame, argv: list[str] | None) -> list[str]:
+    sweep = {}
+    try:
+        with open(os.path.join(study_dir, "sweep.json"), encoding="utf-8") as f:
+            sweep = json.load(f)
+    except (OSError, ValueError):
+        pass
+    ok = df[df["status"] == "ok"]
+    versions = sorted({json.dumps(r.get("versions") or {}, sort_keys=True) for r in ok["_record"]})
+    shas = sorted({f"{(r.get('git_sha') or '?')[:10]}{' (dirty)' if r.get('git_dirty') else ''}" for r in ok["_record"]})
+    hosts = sorted({h for r in ok["_record"] for h in (r.get("hosts") or [])})
+    starts = sorted(s for s in df["started_at"].dropna())
+    lines = [
+        f"- machine: {sweep.get('cpu', '?')}, {len(sweep.get('cores', [])) or os.cpu_count()} cores usable, "
+        f"host(s) {', '.join(hosts) or '?'}; {sweep.get('platform', platform.platform())}",
+        f"- versions: {'; '.join(versions) or '?'}; report: pandas {pd.__version__}, matplotlib {matplotlib.__version__}",
+        f"- code: git {', '.join(shas) or '?'}",
+        f"- runs from {starts[0] if starts else '?'} to {starts[-1] if starts else '?'}",
+        f"- sweep command: `{sweep.get('command', '?')}`",
+        f"- report command: `python -m compare {shlex.join(argv or ['report'])}`",
+    ]
+    cfg = sweep.get("config") or {}
+    if cfg:
+        lines.append(f"- workload: cnn11 width {cfg.get('width')}, {cfg.get('dataset')} "
+                     f"{'/'.join(map(str, cfg.get('image_sizes', [])))} px, batch {cfg.get('per_worker_batch')} per worker, "
+                     f"{cfg.get('epochs')} epoch(s) x {cfg.get('steps_per_epoch')} steps, {cfg.get('warmup_steps')} warm-up steps "
+                     f"excluded, {cfg.get('intra_op_threads')} intra-op thread(s) per worker; sync workers pinned one per core "
+                     f"(taskset); an async run's chief, PS and p workers share cores 0..p-1")
+    return lines
+
+
+def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: int = 1,
+                 out_dir: str | None = None, argv: list[str] | None = None) -> str:
+    """Write report.md and PNGs into out_dir (default study_dir); returns the report path."""
+    profiles = list(profiles or scaling.PROFILE_NAMES)
+    scaling.check_profile_names(profiles)
+    df, torn = load_runs(os.path.join(study_dir, "runs.jsonl"))
+    out_dir = out_dir or study_dir
+    os.makedirs(out_dir, exist_ok=True)
+    data = scaling.load_profile_data()
+    seed = data["seed_claim"]
+    table = speedup_table(df)
+    bench = load_bench(study_dir)
+    cores = 2
+    try:
+        with open(os.path.join(study_dir, "sweep.json"), encoding="utf-8") as f:
+            cores = len(json.load(f).get("cores") or []) or cores
+    except (OSError, ValueError):
+        pass
+    local, info = calibrate(df, table, bench, cores)
+    profs = build_profiles(profiles, local)
+    val = validation_table(table, local, info)
+
+    figs = {}
+    figs["images_per_sec.png"] = plot_throughput(table, profs, info, os.path.join(out_dir, "images_per_sec.png"))
+    figs["speedup.png"] = plot_speedup(table, profs, info, seed, os.path.join(out_dir, "speedup.png"))
+    figs["efficiency.png"] = plot_speedup(table, profs, info, seed, os.path.join(out_dir, "efficiency.png"), efficiency=True)
+    figs["projection.png"] = plot_projection(profs, seed, ps_shards, os.path.join(out_dir, "projection.png"))
+    st = plot_staleness(df, os.path.join(out_dir, "staleness.png"))
+    if st is not None:
+        figs["staleness.png"] = st
+    acc = plot_accuracy_time(df, os.path.join(out_dir, "accuracy_time.png"))
+    if acc is not None:
+        figs["accuracy_time.png"] = acc
+    for fig in figs.values():
+        plt.close(fig)
+
+    md = [f"# Scaling study `{os.path.basename(os.path.normpath(study_dir))}`: sync ring-allreduce vs async parameter servers",
+          "", f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `compare report`.", "",
+          "## Conditions", "", *_conditions(study_dir, df, argv), ""]
+    n_ok = int((df["status"] == "ok").sum())
+    fails = failed_runs(df)
+    md += ["## Runs", "",
+           f"{len(df)} records: {n_ok} ok ({int(((df['status'] == 'ok') & (df['role'] == 'ceiling')).sum())} of them "
+           f"side-by-side ceiling runs), {len(fails)} failed (listed, excluded from the statistics)."]
+    if torn:
+        md.append(f"Torn or invalid lines skipped: {', '.join(map(str, torn))}.")
+    if len(fails):
+        md += ["", _md_table(["run", "mode", "workers", "head", "error"],
+                             [[r.run_id, r.mode, _fmt(r.num_workers, ".0f"), r.head, (str(r.error) or "")[:200]]
+                              for r in fails.itertuples()])]
+    md += ["", "## Measured: images/sec, speedup and efficiency", "",
+           "Mean over repeats ± standard error (SE of the mean over repeats; speedup SE by the delta method); "
+           "baseline = the 1-worker runs of the same group.", ""]
+    md.append(_md_table(["mode", "head", "size", "batch/worker", "compression", "PS", "workers", "n",
+                         "images/sec", "speedup", "efficiency"],
+                        [[r["mode"], r["head"], _fmt(r["image_size"], ".0f"), _fmt(r["per_worker_batch"], ".0f"),
+                          r["compression"], _fmt(r["num_ps"], ".0f") if r["mode"] == "async" else "–",
+                          _fmt(r["num_workers"], ".0f"), _fmt(r["n"], ".0f"),
+                          f"{_fmt(r['ips'])} ± {_fmt(r['ips_se'])}",
+                          f"{_fmt(r['speedup'], '.3f')} ± {_fmt(r['speedup_se'], '.3f')}",
+                          f"{_fmt(r['efficiency'], '.3f')} ± {_fmt(r['efficiency_se'], '.3f')}"]
+                         for _, r in table.iterrows()]) if not table.empty else "No usable runs.")
+    ceil = df[(df["status"] == "ok") & (df["role"] == "ceiling")]
+    if not ceil.empty and "kappa" in info:
+        md += ["", "The machine's own parallel ceiling (independent 1-worker runs side by side, one per core):"]
+        for p, k in sorted(info["kappa"].items()):
+            if p > 1:
+                per = ceil[ceil["copies"] == p]["images_per_sec"]
+                md.append(f"- {p} side by side: {_fmt(per.mean())} ± {_fmt(per.std(ddof=1) / math.sqrt(len(per)) if len(per) > 1 else float('nan'))} "
+                          f"img/s each (n={len(per)}), total {_fmt(p * per.mean())} img/s; "
+                          f"contention factor kappa({p}) = {k:.3f}")
+
+    md += ["", "## Model vs measurement (local profile)", ""]
+    if local is None:
+        md.append(f"Not validated: {info.get('missing')}.")
+    else:
+        md += ["Inputs, all measured in this study: " + ", ".join(
+                   [f"t_compute[{h}] = {t * 1e3:.1f} ms/step" for h, t in info["t_compute"].items()]
+                   + [f"kappa = {{{', '.join(f'{p}: {k:.3f}' for p, k in sorted(info['kappa'].items()))}}}",
+                      f"alpha = {info['alpha'] * 1e6:.0f} us, B = {info['bw'] / 1e9:.2f} GB/s (Gloo allreduce np=2)"]
+                   + [f"async 1-worker update[{h}] = {o * 1e3:.1f} ms" for h, o in info["overhead"].items()]) + ".", ""]
+        if not val.empty:
+            md.append(_md_table(["mode", "head", "compression", "workers", "n", "measured img/s", "predicted img/s",
+                                 "rel. error", "note"],
+                                [[r["mode"], r["head"], r["compression"], _fmt(r["num_workers"], ".0f"),
+                                  _fmt(r["n"], ".0f"), f"{_fmt(r['ips'])} ± {_fmt(r['ips_se'])}", _fmt(r["predicted"]),
+                                  f"{r['rel_error'] * 100:+.1f}%" if pd.notna(r["rel_error"]) else "–",
+                                  "calibration point" if r["calibration"] else ""] for _, r in val.iterrows()]))
+            test = val[~val["calibration"] & val["rel_error"].notna()]
+            if len(test):
+                worst = test.loc[test["rel_error"].abs().idxmax()]
+                verdict = "meets" if abs(worst["rel_error"]) <= GOAL else "MISSES"
+                md += ["", f"**Largest error at a point the model was not calibrated on: "
+                           f"{worst['rel_error'] * 100:+.1f}% ({worst['mode']} {worst['head']}, {int(worst['num_workers'])} workers)** "
+                           f"— {verdict} the {GOAL * 100:.0f}% goal. "
+                           f"Noise floor: the measured SE at that point is {worst['ips_se'] / worst['ips'] * 100:.1f}% of the mean."]
+            else:
+                md += ["", "Only calibration points were measured: the model is not tested by this study."]
+    md += ["", "## Projection to 48 GPUs", "",
+           f"Modeled speedup over one GPU of the same profile (async: {ps_shards} PS shard{'s' if ps_shards > 1 else ''}).", ""]
+    proj = projection_table(profs, ps_shards)
+    if not proj.empty:
+        hdr = ["profile", "mode", "head"] + [str(p) for p in scaling.PROJECTION_GPUS] + ["img/s @1", "img/s @48", "bound @48", "PS saturates at p"]
+        md.append(_md_table(hdr, [[r["profile"], r["mode"], r["head"]]
+                                  + [_fmt(r[p], ".2f") for p in scaling.PROJECTION_GPUS]
+                                  + [_fmt(r["img/s @1"]), _fmt(r["img/s @48"]), r["bound @48"],
+                                     _fmt(r.get("PS saturates at p"), ".1f")] for _, r in proj.iterrows()]))
+    md += ["", f"Seed study claim for comparison: {seed['text']}.", "", "Assumptions and sources:", ""]
+    md.append(f"- sync: t = t_compute + t_comm − min(t_comm, overlap × 2/3 × t_compute); hierarchical ring "
+              "(2(g−1)α + 2(g−1)/g·n/B within a node, then the same over nodes through one NIC a node); fp16 halves n.")
+    md.append("- async: updates/s = min(p / (t_compute + push/pull), S·B_ps / 2n, CPU cap); expected staleness p − 1.")
+    for name, prof in profs.items():
+        md.append(f"- **{name}**: {prof.description}.")
+        for k, v in prof.sources.items():
+            md.append(f"  - {k}: {v}")
+        for w in prof.workloads.values():
+            md.append(f"  - workload {w.head}: {w.t_compute * 1e3:.1f} ms/step at batch {w.batch}, "
+                      f"gradient {w.grad_bytes / 1e6:.1f} MB fp32 ({w.source})")
+        for a in prof.assumptions:
+            md.append(f"  - {a}")
+    stale = df[(df["status"] == "ok") & (df["mode"] == "async") & df["staleness_mean"].notna()]
+    if not stale.empty:
+        md += ["", "## Async staleness", "",
+               _md_table(["workers", "runs", "mean", "p95", "max", "model (p − 1)"],
+                         [[str(int(p)), str(len(g)), _fmt(g["staleness_mean"].mean(), ".2f"),
+                           _fmt(g["staleness_p95"].mean(), ".1f"), _fmt(g["staleness_max"].max(), ".0f"),
+                           str(scaling.expected_staleness(int(p)))] for p, g in stale.groupby("num_workers")])]
+    md += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figs]
+    path = os.path.join(out_dir, "report.md")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(md) + "\n")
+    os.replace(tmp, path)
+    return path
