@@ -53,6 +53,7 @@ class RunConfig:
     study: str = _opt("study name", "local")
     run_id: str = _opt("run id (default: SLURM_JOB_ID or a timestamp)", "")
     tag: str = _opt("free-form label stored in the record", "")
+    checkpoint_dir: str = _opt("save model+optimizer here every epoch; a rerun resumes from the newest", "")
 
     @property
     def runs_path(self) -> str:
@@ -93,6 +94,8 @@ class RunConfig:
         if not self.study or os.sep in self.study or self.study.startswith("."):
             raise ConfigError(f"bad study name {self.study!r}")
         check_writable_dir(os.path.join(self.results_dir, self.study))
+        if self.checkpoint_dir:
+            check_writable_dir(self.checkpoint_dir)
         return self
 
 

@@ -72,6 +72,7 @@ class StepMeter(tf.keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.t_start = time.perf_counter()
+        self.first_step = int(self.model.optimizer.iterations.numpy())  # > 0 after a resume
 
     def on_epoch_begin(self, epoch, logs=None):
         # Samples stay within an epoch: evaluation between epochs is not training time.
@@ -79,7 +80,7 @@ class StepMeter(tf.keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if step >= self.warmup_steps:
+        if step - self.first_step >= self.warmup_steps:
             self.segments[-1].append((time.perf_counter(), step))
 
     def on_epoch_end(self, epoch, logs=None):

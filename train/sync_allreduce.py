@@ -13,7 +13,7 @@ import tensorflow as tf
 import horovod.tensorflow.keras as hvd  # Horovod:
 from horovod.tensorflow import allgather_object, broadcast_object  # Horovod:
 
-from train import data, measure, record
+from train import checkpoint, data, measure, record
 from train.config import parse_config
 from train.model import cnn11
 
@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
                   metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
                            tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
 
+    state = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    # Horovod: rank 0 picks the newest complete checkpoint (epoch, path); every rank loads it.
+    resume = broadcast_object(checkpoint.latest(cfg.checkpoint_dir), root_rank=0)
+    if resume:
+        checkpoint.restore(resume[1], state)
     peak = measure.peak_gflops(cfg)  # all ranks at once: each gets its fair share of the machine
     meter = measure.StepMeter(cfg.warmup_steps, images_per_step=global_batch)
     callbacks = [
@@ -84,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
             initial_lr=lr, warmup_epochs=cfg.lr_warmup_epochs, steps_per_epoch=steps_per_epoch))
     callbacks.append(meter)
-    model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, validation_data=eval_ds,
-              callbacks=callbacks, verbose=measure.verbosity(is_writer))
+    if cfg.checkpoint_dir:
+        callbacks.append(checkpoint.EpochCheckpoint(cfg.checkpoint_dir, state,
+                                                    checkpoint.model_meta(cfg, spec.num_classes), is_writer))
+    model.fit(train_ds, epochs=cfg.epochs, initial_epoch=resume[0] if resume else 0,
+              steps_per_epoch=steps_per_epoch, validation_data=eval_ds, callbacks=callbacks,
+              verbose=measure.verbosity(is_writer))
 
     digests = allgather_object(measure.weights_digest(model))  # Horovod: ranks must agree
     hosts = allgather_object(socket.gethostname())  # Horovod:
@@ -93,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rec = record.base_record(cfg, mode="sync", run_id=run_id, started_at=started_at)
     rec.update(measure.run_summary(cfg, meter.result(), meter.curve, spec.num_classes, num_workers,
-                                   global_batch, steps=cfg.epochs * steps_per_epoch, peak=peak))
+                                   global_batch, steps=int(optimizer.iterations.numpy()), peak=peak))
     rec.update({"num_ps": 0, "hosts": sorted(set(hosts)), "weights_sha256": digests,
-                "engine": "horovod", "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo"})
+                "resumed_from_epoch": resume[0] if resume else None, "engine": "horovod",
+                "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo"})
     record.append_record(cfg.runs_path, rec)
-    print(f"record {run_id} -> {cfg.runs_path}: {rec['images_per_sec']:.1f} images/sec on {num_workers} workers")
+    print(f"record {run_id} -> {cfg.runs_path}: {rec['images_per_sec'] or 0:.1f} images/sec, {num_workers} workers")
     return 0
 
 
