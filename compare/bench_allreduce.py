@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="4096,65536,262144,1048576,4194304,16777216",
                     help="message sizes in bytes, comma-separated")
     ap.add_argument("--grad-bytes", type=int, default=0, help="the model's gradient bytes (added to sizes)")
+    ap.add_argument("--model", default="", help="HEAD,IMAGE_SIZE,WIDTH,CLASSES: add cnn11's gradient bytes to sizes")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--intra-op-threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -34,7 +35,24 @@ def main(argv: list[str] | None = None) -> int:
     import horovod.tensorflow as hvd
 
     hvd.init()
-    sizes = sorted({int(s) for s in args.sizes.split(",") if s} | ({args.grad_bytes} if args.grad_bytes else set()))
+    grad = args.grad_bytes
+    if args.model:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from train.model import gradient_bytes
+        head, size, width, classes = args.model.split(",")
+        grad = gradient_bytes(int(size), int(classes), head, float(width))
+    sizes = sorted({int(s) for s in args.sizes.split(",") if s} | ({grad} if grad else set()))
+    # The per-worker matmul peak, measured once here the way train/measure.py does (best of 5
+    # fp32 2048x2048 matmuls, same threads), so the trainers need not measure it every run.
+    a = tf.random.uniform((2048, 2048))
+    b = tf.random.uniform((2048, 2048))
+    tf.linalg.matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        tf.linalg.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - t0)
+    peak = 2 * 2048 ** 3 / best / 1e9
     results = []
     for n in sizes:
         x = tf.ones([max(1, n // 4)], tf.float32)
@@ -56,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         from compare.scaling import fit_alpha_beta
         alpha, bw = fit_alpha_beta([r["bytes"] for r in results], [r["median_s"] for r in results], hvd.size())
         out = {"np": hvd.size(), "controller": "mpi" if hvd.mpi_enabled() else "gloo",
-               "alpha_s": alpha, "bw_Bps": bw, "grad_bytes": args.grad_bytes or None,
+               "alpha_s": alpha, "bw_Bps": bw, "grad_bytes": grad or None,
+               "peak_gflops_per_worker": min(hvd.allgather_object(peak)),
+               "peak_source": f"best of 5 fp32 2048x2048 matmuls, {args.intra_op_threads} intra-op thread(s), min over ranks",
                "sizes": results, "reps": args.reps, "host": socket.gethostname(),
                "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                             "horovod": __import__("horovod").__version__},

@@ -356,19 +356,21 @@ def plot_speedup(table, profiles, info, seed, path, efficiency: bool = False) ->
                     label=f"measured {_group_label(r)} (mean ± SE)")
     _log2_axis(ax)
     if efficiency:
-        ax.set_ylim(0, 1.15)
+        top = max([1.15] + [v + 0.05 for v in (t["efficiency"] + t["efficiency_se"].fillna(0)).dropna()])
+        ax.set_ylim(0, top)
         ax.set_ylabel("parallel efficiency (speedup / workers)")
         ax.set_title("Efficiency: measured here and modeled to 48 GPUs")
     else:
         ax.set_yscale("log", base=2)
         ax.set_yticks(list(scaling.PROJECTION_GPUS))
         ax.set_yticklabels([str(v) for v in scaling.PROJECTION_GPUS])
-        ax.set_ylim(0.85, 60)
+        low = min([0.85] + [v for v in (t["speedup"] - t["speedup_se"].fillna(0)).dropna() if v > 0])
+        ax.set_ylim(low * 0.9, 60)
         _seed_point(ax, seed)
         ax.set_ylabel("speedup over 1 worker (images/sec ratio, log2)")
         ax.set_title("Speedup: measured here, modeled to 48 GPUs per profile")
     ax.set_xlabel("workers / GPUs (log2 scale)")
-    ax.legend(fontsize=7.5, loc="lower left" if efficiency else "upper left", ncol=1)
+    ax.legend(fontsize=7.5, loc="lower left" if efficiency else "lower right", ncol=1)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return fig
@@ -396,7 +398,7 @@ def plot_projection(profiles, seed, shards, path) -> plt.Figure:
         ax.set_title(f"{name} ({prof.per_node} per node)")
         ax.set_xlabel("GPUs (log2)")
         ax.set_ylabel("modeled speedup over 1 GPU")
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"Projected speedup, both arms and heads (async: {shards} PS shard{'s' if shards > 1 else ''})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -499,7 +501,7 @@ def _conditions(study_dir: str, df: pd.DataFrame, argv: list[str] | None) -> lis
         lines.append(f"- workload: cnn11 width {cfg.get('width')}, {cfg.get('dataset')} "
                      f"{'/'.join(map(str, cfg.get('image_sizes', [])))} px, batch {cfg.get('per_worker_batch')} per worker, "
                      f"{cfg.get('epochs')} epoch(s) x {cfg.get('steps_per_epoch')} steps, {cfg.get('warmup_steps')} warm-up steps "
-                     f"excluded, {cfg.get('intra_op_threads')} intra-op thread(s) per worker; sync workers pinned one per core "
+                     f"excluded, {cfg.get('intra_op_threads')} intra-op thread(s) and 2 inter-op threads per process; sync workers pinned one per core "
                      f"(taskset); an async run's chief, PS and p workers share cores 0..p-1")
     return lines
 

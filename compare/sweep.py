@@ -3,7 +3,8 @@
 sync:  horovodrun --gloo -np P -H localhost:P python -m compare.pin --cores ... -- python -m train.sync_allreduce ...
 async: taskset -c CORES python -m train.async_ps --workers P --ps S ...
 ceiling (the machine's parallel ceiling): P independent 1-worker sync runs side by side, one per core.
-Once per study: the Horovod allreduce microbenchmark at np=2 (allreduce.json), for the local profile.
+Once per study, first: the Horovod allreduce microbenchmark at np=2 (allreduce.json), for the local
+profile; it also measures the per-worker matmul peak the trainers then take as --peak-gflops.
 
 Resumable: a run id already in runs.jsonl with status "ok" is skipped. A failed run is appended with
 status "failed" and its error, and the sweep goes on. No TensorFlow import here.
@@ -20,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -112,6 +114,9 @@ def child_env() -> dict[str, str]:
     bin_dir = os.path.dirname(os.path.abspath(sys.executable))
     env.update({
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        # A process pinned to one core would default to one inter-op thread, and a PS cluster
+        # deadlocks with one (verified.md): every trainer gets two, whatever its affinity.
+        "TF_NUM_INTEROP_THREADS": "2",
         "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
         "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
         "PYTHONPATH": ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
@@ -126,13 +131,23 @@ def _horovodrun(cfg: SweepConfig) -> str:
 
 
 def trainer_flags(cfg: SweepConfig, run: Run, run_id: str, tag: str) -> list[str]:
-    return ["--dataset", cfg.dataset, "--head", run.head, "--width", str(cfg.width),
+    peak = _bench_peak(cfg)
+    return (["--peak-gflops", f"{peak:.3f}"] if peak else []) + ["--dataset", cfg.dataset, "--head", run.head, "--width", str(cfg.width),
             "--image-size", str(run.image_size), "--per-worker-batch", str(cfg.per_worker_batch),
             "--epochs", str(cfg.epochs), "--steps-per-epoch", str(cfg.steps_per_epoch),
             "--warmup-steps", str(cfg.warmup_steps), "--compression", run.compression,
             "--intra-op-threads", str(cfg.intra_op_threads),
             "--results-dir", os.path.abspath(cfg.results_dir), "--study", cfg.study,
             "--run-id", run_id, "--tag", tag]
+
+
+def _bench_peak(cfg: SweepConfig) -> float | None:
+    """The per-worker matmul peak the microbenchmark measured once for the study (None: none yet)."""
+    try:
+        with open(os.path.join(cfg.study_dir, "allreduce.json"), encoding="utf-8") as f:
+            return float(json.load(f)["peak_gflops_per_worker"]) or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def commands(cfg: SweepConfig, run: Run) -> list[tuple[str, list[str]]]:
@@ -190,11 +205,19 @@ def failed_record(cfg: SweepConfig, run: Run, run_id: str, started_at: str, erro
     return rec
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the group this sweep started for that run only
-    except (ProcessLookupError, PermissionError):
-        pass
+def _kill_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM the group this sweep started for that run (the PS launcher tears its own cluster
+    down on SIGTERM; its tasks live in their own sessions), SIGKILL what is left after `grace`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def execute(cfg: SweepConfig, run: Run, log_dir: str) -> list[str]:
@@ -210,14 +233,21 @@ def execute(cfg: SweepConfig, run: Run, log_dir: str) -> list[str]:
                                                        stderr=subprocess.STDOUT, start_new_session=True)))
     deadline = time.monotonic() + cfg.timeout
     results = {}
-    for rid, argv, log, proc in procs:
-        try:
-            results[rid] = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            proc.wait()
-            results[rid] = None
-        log.close()
+    try:
+        for rid, argv, log, proc in procs:
+            try:
+                results[rid] = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                proc.wait()
+                results[rid] = None
+            log.close()
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): leave no run of ours behind
+        for _, _, log, proc in procs:
+            if proc.poll() is None:
+                _kill_group(proc)
+            log.close()
+        raise
     have = {r.get("run_id") for r in _records(cfg.runs_path) if r.get("status") == "ok"}
     failed = []
     for rid, argv, _, proc in procs:
@@ -261,11 +291,10 @@ def done_ids(cfg: SweepConfig) -> set[str]:
 def run_bench(cfg: SweepConfig, log_dir: str) -> dict:
     """The Horovod allreduce microbenchmark at np=2 (pinned), for the model's gradient size."""
     out = os.path.join(cfg.study_dir, "allreduce.json")
-    grad = next((int(r["gradient_bytes"]) for r in _records(cfg.runs_path)
-                 if r.get("status") == "ok" and r.get("gradient_bytes")), 0)
     cores = cores_available()
+    model = f"{cfg.heads[0]},{cfg.image_sizes[0]},{cfg.width},10"
     inner = [cfg.python, "-m", "compare.bench_allreduce", "--out", os.path.abspath(out),
-             "--grad-bytes", str(grad), "--intra-op-threads", str(cfg.intra_op_threads)]
+             "--model", model, "--intra-op-threads", str(cfg.intra_op_threads)]
     if shutil.which("taskset") and len(cores) >= 2:
         inner = [cfg.python, "-m", "compare.pin", "--cores", ",".join(map(str, cores[:2])), "--", *inner]
     argv = [_horovodrun(cfg), "--gloo", "-np", "2", "-H", "localhost:2", *inner]
@@ -313,6 +342,11 @@ def sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = True
     """Run every planned configuration not yet done; returns counts."""
     from tqdm import tqdm
 
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     os.makedirs(cfg.study_dir, exist_ok=True)
     log_dir = os.path.join(cfg.study_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
@@ -328,19 +362,14 @@ def sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = True
                file=sys.stderr, dynamic_ncols=True,
                bar_format="{desc}: {n}/{total} |{bar}| {elapsed}<{remaining} {postfix}")
     try:
+        if need_bench:  # first: it also measures the matmul peak every run then reuses
+            bar.set_postfix_str("allreduce microbenchmark np=2")
+            counts["bench"] = run_bench(cfg, log_dir).get("status")
+            bar.update(1)
         for i, run in enumerate(todo):
             bar.set_postfix_str(f"run {i + 1} of {len(todo)}: {run.label()}")
             failed = execute(cfg, run, log_dir)
             counts["failed" if failed else "ok"] += 1
-            bar.update(1)
-            if need_bench and run.kind == "main" and run.mode == "sync":
-                bar.set_postfix_str("allreduce microbenchmark np=2")
-                counts["bench"] = run_bench(cfg, log_dir).get("status")
-                need_bench = False
-                bar.update(1)
-        if need_bench:
-            bar.set_postfix_str("allreduce microbenchmark np=2")
-            counts["bench"] = run_bench(cfg, log_dir).get("status")
             bar.update(1)
     finally:
         bar.close()
