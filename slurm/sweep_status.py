@@ -24,21 +24,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from train import record  # noqa: E402  (no TensorFlow import)
 
 ERROR_RE = re.compile(r"\berror\b", re.I)
+TRAINER_ERROR_RE = re.compile(r"^(train|compare)\.\w+: error: ")
 NOISE = ("srun:", "slurmstepd", "srun ", "sbatch:")
 
 
-def job_state(job_id: str) -> tuple[str, str]:
-    """(state, exit code 'N:S') of a finished job; ('UNKNOWN', '') when SLURM no longer knows it."""
-    p = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State,ExitCode"],
-                       capture_output=True, text=True)
-    line = p.stdout.strip().splitlines()[0] if p.returncode == 0 and p.stdout.strip() else ""
-    if line and "|" in line:
-        state, code = line.split("|", 1)
+def job_state(job_id: str, env: dict | None = None) -> tuple[str, str]:
+    """(state, exit code 'N:S') of a finished job; ('UNKNOWN', '') when SLURM no longer knows it.
+
+    Asks sacct (accounting), then slurmctld (`scontrol show job`, until MinJobAge purges the job), then
+    the job-completion log when the cluster keeps one (JobCompType=jobcomp/filetxt).
+    """
+    def run(*cmd: str) -> str:
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return p.stdout if p.returncode == 0 else ""
+
+    lines = run("sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State,ExitCode").strip().splitlines()
+    if lines and "|" in lines[0]:
+        state, code = lines[0].split("|", 1)
         return state.split()[0], code
-    p = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True)
-    state = re.search(r"\bJobState=(\S+)", p.stdout)
-    code = re.search(r"\bExitCode=(\S+)", p.stdout)
-    return (state.group(1) if state else "UNKNOWN"), (code.group(1) if code else "")
+    fields = dict(re.findall(r"\b(JobState|ExitCode)=(\S+)", run("scontrol", "-o", "show", "job", job_id)))
+    if "JobState" in fields:
+        return fields["JobState"], fields.get("ExitCode", "")
+    config = dict(re.findall(r"^(\w+)\s*=\s*(.*?)\s*$", run("scontrol", "show", "config"), re.M))
+    if config.get("JobCompType") == "jobcomp/filetxt" and os.path.isfile(config.get("JobCompLoc", "")):
+        found = {}
+        with open(config["JobCompLoc"], errors="replace") as f:
+            for line in f:
+                if line.startswith(f"JobId={job_id} "):
+                    found = dict(re.findall(r"\b(JobState|ExitCode)=(\S+)", line))
+        if "JobState" in found:
+            return found["JobState"], found.get("ExitCode", "")
+    return "UNKNOWN", ""
 
 
 def error_line(log: str) -> str:
@@ -48,6 +67,9 @@ def error_line(log: str) -> str:
     except OSError:
         return f"(no log at {log})"
     errs = [ln.strip() for ln in lines if ERROR_RE.search(ln)]
+    trainer = [ln for ln in errs if TRAINER_ERROR_RE.match(ln)]  # e.g. "train.async_ps: error: --width ..."
+    if trainer:
+        return trainer[-1]
     own = [ln for ln in errs if not ln.startswith(NOISE)]
     if own:
         return own[-1]
@@ -81,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     noted = {str(r.get("slurm_job_id")) for r in recs if r.get("status") == "failed"}  # a rerun adds none
     with open(a.manifest, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    table = ["| job | name | trainer | GPUs | nodes | tasks | state | exit | record | error |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    table = ["| job | name | trainer | GPUs | nodes | tasks | result | SLURM state | exit | record | error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     failed = 0
     for row in rows:
         state, code = job_state(row["job_id"])
@@ -95,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             if row["job_id"] not in noted:
                 record.append_record(runs, failed_record(row, state, code, err))
         table.append(f"| {row['job_id']} | {row['name']} | {row['trainer']} | {row['gpus']} | {row['nodes']} "
-                     f"| {row['tasks']} | {state if ok else state + ' (failed)'} | {code} "
+                     f"| {row['tasks']} | {'ok' if ok else '**failed**'} | {state} | {code} "
                      f"| {'yes' if ok else 'no'} | {err.replace('|', '/')} |")
     out = Path(a.results_dir) / a.study / "sweep-jobs.md"
     out.write_text(f"## SLURM jobs of this sweep ({len(rows)} submitted, {failed} failed)\n\n"

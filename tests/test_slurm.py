@@ -20,6 +20,9 @@ import pytest
 
 from conftest import ROOT, child_env, records
 
+sys.path.insert(0, str(ROOT / "slurm"))
+from sweep_status import job_state  # noqa: E402
+
 LOCALCLUSTER = ROOT / "slurm" / "localcluster.py"
 VENV = Path(sys.prefix)  # the venv running the tests: the sbatch scripts activate it
 TINY = ["--dataset", "synthetic", "--width", "0.125", "--image-size", "32", "--per-worker-batch", "8",
@@ -65,19 +68,19 @@ class Slurm:
         return subprocess.run(cmd, cwd=ROOT, env=self.env(**extra), capture_output=True, text=True,
                               timeout=timeout)
 
-    def job(self, job_id: str) -> dict[str, str]:
-        out = self.run(["scontrol", "-o", "show", "job", job_id], timeout=30).stdout
-        return dict(re.findall(r"(\w+)=(\S*)", out))
+    def state(self, job_id: str) -> str:
+        """JobState from slurmctld, or from the job-completion log once slurmctld has purged the job."""
+        return job_state(job_id, env=self.env())[0]
 
-    def wait_job(self, job_id: str, timeout: float) -> dict[str, str]:
+    def wait_job(self, job_id: str, timeout: float) -> str:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            info = self.job(job_id)
-            if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-                return info
+            state = self.state(job_id)
+            if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+                return state
             time.sleep(2)
         self.run(["scancel", job_id], timeout=30)
-        raise AssertionError(f"job {job_id} not finished after {timeout}s: {self.job(job_id)}")
+        raise AssertionError(f"job {job_id} not finished after {timeout}s: {self.state(job_id)}")
 
 
 def bring_up(state_dir: Path, *args: str) -> Slurm:
@@ -167,7 +170,7 @@ def test_sync_sbatch_two_tasks(slurm, tmp_path):
     assert rec["status"] == "ok" and rec["mode"] == "sync" and rec["engine"] == "horovod"
     assert rec["num_workers"] == 2 and rec["slurm_job_id"] == job_id and rec["run_id"] == job_id
     assert rec["horovod_controller"] == "mpi"
-    assert slurm.job(job_id)["JobState"] == "COMPLETED"
+    assert slurm.state(job_id) == "COMPLETED"
 
 
 @pytest.mark.slow
@@ -186,8 +189,8 @@ def test_async_sbatch_chief_ps_two_workers(slurm, tmp_path):
     assert rec["num_workers"] == 2 and rec["num_ps"] == 1 and rec["slurm_job_id"] == job_id
     assert rec["cluster_source"] == "slurm"
     assert rec["staleness"] and rec["staleness"]["n"] > 0
-    assert slurm.job(job_id)["JobState"] == "COMPLETED"
-    assert not list((results / "a5").glob(".async-chief-*"))
+    assert slurm.state(job_id) == "COMPLETED"
+    assert not list((results / "a5").glob(".async-rc-*"))
 
 
 @pytest.mark.slow
@@ -203,13 +206,13 @@ def test_mini_sweep_report_lists_failed_job(slurm, tmp_path):
     report_ids = list((results / "mini" / "sweeps").glob("*.report"))
     assert len(report_ids) == 1
     report_job = report_ids[0].read_text().strip()
-    info = slurm.wait_job(report_job, timeout=900)
+    state = slurm.wait_job(report_job, timeout=900)
     _, report_log = log_of(logs, "report")
-    assert info["JobState"] == "COMPLETED", report_log.read_text()[-3000:]
+    assert state == "COMPLETED", report_log.read_text()[-3000:]
 
     for g in (1, 2):  # the failing jobs: FAILED, one-line error in the log
         job_id, log = log_of(logs, f"async-{g}g")
-        assert slurm.job(job_id)["JobState"] == "FAILED"
+        assert job_state(job_id, env=slurm.env()) == ("FAILED", "2:0")  # the trainer's exit code
         errors = {ln for ln in log.read_text().splitlines() if ln.startswith("train.async_ps: error:")}
         assert errors == {"train.async_ps: error: --width must be > 0, got -1.0"}, log.read_text()[-2000:]
     recs = records(results, "mini")
@@ -221,7 +224,7 @@ def test_mini_sweep_report_lists_failed_job(slurm, tmp_path):
     assert all("--width must be > 0" in r["error"] for r in failed)
     report = (results / "mini" / "report.md").read_text()
     for r in failed:
-        assert re.search(rf"\| {r['slurm_job_id']} \| async-\d+g \|.*FAILED \(failed\)", report), report
+        assert re.search(rf"\| {r['slurm_job_id']} \| async-\d+g \|.*\*\*failed\*\* \| FAILED \|", report), report
 
 
 # ---------------------------------------------------------------- issue 8: nodes in network namespaces
@@ -326,7 +329,7 @@ def test_down_leaves_nothing_behind(tmp_path):
                       timeout=30)
     assert job.returncode == 0, job.stderr
     for _ in range(60):
-        if cluster.job(job.stdout.strip().split(";")[0]).get("JobState") == "RUNNING":
+        if cluster.state(job.stdout.strip().split(";")[0]) == "RUNNING":
             break
         time.sleep(0.5)
     netns = [n["netns"] for n in st["node_list"]]
