@@ -121,7 +121,12 @@ def append_record(path: str, record: dict) -> None:
     missing = [k for k in REQUIRED_FIELDS if k not in record]
     if missing:
         raise ValueError(f"record lacks fields: {', '.join(missing)}")
-    line = (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode()
+    append_json_line(path, record)
+
+
+def append_json_line(path: str, obj: dict) -> None:
+    """One JSON line, one write, under an exclusive lock (safe with concurrent writers)."""
+    line = (json.dumps(obj, sort_keys=True, allow_nan=False) + "\n").encode()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
