@@ -139,7 +139,7 @@ def test_smoke_two_workers_one_ps(tmp_path):
     assert rec["num_workers"] == 2 and rec["num_ps"] == 1
     assert rec["global_batch"] == rec["per_worker_batch"] == 32
     assert rec["images_per_sec"] > 0 and rec["measured_steps"] > 0
-    assert rec["steps"] == 60 and rec["applied_updates"] >= 60
+    assert rec["scheduled_steps"] == 60 and rec["steps"] == rec["applied_updates"] >= 60
     st = rec["staleness"]
     assert st["n"] == rec["applied_updates"]  # one value per applied update
     assert sum(st["histogram"].values()) == st["n"]
@@ -193,7 +193,7 @@ def test_sigkill_one_of_two_workers_run_finishes(tmp_path):
     assert rec["workers_lost"] == 1 and rec["workers_alive"] == [True, False]
     assert rec["launcher_exits"] == {"worker:1": -signal.SIGKILL}
     # every scheduled step was applied; a step cut off mid-apply may be retried (counted twice)
-    assert rec["steps"] == 160 and 160 <= rec["applied_updates"] <= 162
+    assert rec["scheduled_steps"] == 160 and 160 <= rec["steps"] == rec["applied_updates"] <= 162
     assert rec["staleness"]["n"] >= 159
     assert_no_orphans(run_.proc.pid)
 
@@ -233,13 +233,19 @@ def test_no_orphans_after_launcher_sigkill(tmp_path):
 
 @pytest.mark.slow
 def test_digits_two_workers_accuracy(tmp_path):
-    """Issue 3: >= 90% test top-1 within 25 epochs on digits, width 0.25, 2 workers."""
+    """Issue 3: >= 90% test top-1 within 25 epochs on digits, width 0.25, 2 workers.
+
+    At the sync arm's step (lr 0.05, momentum 0.9) two async workers stall here (measured: best test
+    top-1 0.85 and 0.39 in 25 epochs, two seeds): staleness adds implicit momentum. lr 0.02 reached
+    0.95 at epoch 10 (0.98 at 25); lr 0.05 with momentum 0.5 reached 0.90 at epoch 10.
+    """
     out = run(tmp_path, "--dataset", "digits", "--workers", "2", "--ps", "1", "--epochs", "25",
-              "--per-worker-batch", "64", "--lr", "0.05", "--momentum", "0.9", timeout=900)
+              "--per-worker-batch", "64", "--lr", "0.02", "--momentum", "0.9", timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     (rec,) = records(tmp_path)
-    tops = [p["val_top1"] for p in rec["curve"]]
-    assert len(tops) == 25
-    first = next((p["epoch"] for p in rec["curve"] if p["val_top1"] >= 0.90), None)
-    print(f"digits async 2 workers: first epoch >= 90%: {first}; final {tops[-1]:.3f}; best {max(tops):.3f}")
-    assert max(tops) >= 0.90 and rec["final"]["val_top1"] >= 0.85
+    curve = rec["curve"]
+    assert len(curve) == 25 and rec["num_workers"] == 2
+    first = next((p["epoch"] for p in curve if p["val_top1"] >= 0.90), None)
+    assert first is not None and first <= 25, [round(p["val_top1"], 3) for p in curve]
+    assert rec["final"]["val_top1"] >= 0.90
+    assert rec["staleness"]["n"] == rec["applied_updates"] and rec["staleness"]["max"] >= 1

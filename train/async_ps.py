@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import traceback
 
 import tensorflow as tf
 
@@ -28,23 +29,27 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.compression != "none":  # PS: the strategy pushes fp32 gradients, say so instead of faking it
         print(f"{PROG}: error: --compression {cfg.compression}: {ps_meter.NO_COMPRESSION}", file=sys.stderr)
         return 2
-    try:  # PS: the cluster: local launcher, TF_CONFIG or SLURM; workers and PS only serve
-        with ps_cluster.cluster(extra.cluster, cfg, argv) as (resolver, launcher, source):
+    local = None  # PS: the cluster: local launcher, TF_CONFIG or SLURM; workers and PS only serve
+    try:
+        with ps_cluster.cluster(extra.cluster, cfg, argv) as (resolver, local, source):
             if resolver.task_type in ("worker", "ps"):
                 return ps_cluster.serve(resolver, cfg.intra_op_threads)
-            code = chief(cfg, resolver, launcher, source, started_at)
-        if launcher and from_command_line:  # PS: skip TF's exit-time calls to the tasks we just stopped
-            sys.stdout.flush(), sys.stderr.flush(), os._exit(code)
-        return code
+            code = chief(cfg, resolver, local, source, started_at)
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except ps_cluster.Terminated:
-        print(f"{PROG}: terminated by SIGTERM; cluster torn down", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; cluster torn down", file=sys.stderr)
-        return 130
+        code = 2
+    except (ps_cluster.Terminated, KeyboardInterrupt) as e:
+        print(f"{PROG}: {'terminated' if isinstance(e, ps_cluster.Terminated) else 'interrupted'}; "
+              "cluster torn down", file=sys.stderr)
+        code = 143 if isinstance(e, ps_cluster.Terminated) else 130
+    except Exception as e:  # PS: e.g. a PS lost: the traceback, then one line naming it; no record
+        traceback.print_exc()
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        print(f"{PROG}: error: run failed: {type(e).__name__}: {first_line}", file=sys.stderr)
+        code = 1
+    if local and from_command_line:  # PS: skip TF's exit-time calls to the tasks just stopped
+        sys.stdout.flush(), sys.stderr.flush(), os._exit(code)
+    return code
 
 
 def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: the coordinator
@@ -81,25 +86,25 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
                       metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
                                tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
 
-    evaluate = None if eval_ds is None else ps_meter.local_evaluator(  # PS: epoch-level callbacks only
-        lambda: compile_local(make_model(), lr, cfg.momentum), eval_ds)
+    evaluate = None if eval_ds is None else ps_meter.local_evaluator(make_model, eval_ds)  # PS: on the chief
     meter = ps_meter.IterationSampler(cfg.warmup_steps, images_per_step=global_batch, evaluate=evaluate)
     callbacks = [meter]
     model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
               callbacks=callbacks, verbose=measure.verbosity(is_writer))
 
+    applied = int(optimizer.iterations.numpy())  # PS: updates applied (a retried step may count twice)
     digest = measure.weights_digest(ps_meter.local_copy(model, make_model))  # PS: one copy, on the PS
     alive = ps_meter.workers_alive(num_workers)  # PS: which workers still answer
     if not is_writer:
         return 0
     rec = record.base_record(cfg, mode="async", run_id=run_id, started_at=started_at)
     rec.update(measure.run_summary(cfg, meter.result(), meter.curve, spec.num_classes, num_workers,
-                                   global_batch, steps=cfg.epochs * steps_per_epoch))
+                                   global_batch, steps=applied))
     rec.update({"num_ps": num_ps, "hosts": sorted({a.split(":")[0] for t in jobs.values() for a in t}
                                                   | {socket.gethostname()}), "weights_sha256": [digest],
                 "engine": "tf.distribute.ParameterServerStrategy", "cluster_source": source,  # PS:
                 "shard_layout": ps_meter.shard_layout(model, num_ps, MIN_SHARD_BYTES),  # PS:
-                "applied_updates": int(model.optimizer.iterations.numpy()),  # PS: retried steps count
+                "applied_updates": applied, "scheduled_steps": cfg.epochs * steps_per_epoch,  # PS:
                 "staleness": model.staleness.summary(),  # PS:
                 "workers_lost": alive.count(False), "workers_alive": alive,  # PS:
                 "launcher_exits": launcher.exited() if launcher else None,  # PS: e.g. {"worker:1": -9}
@@ -107,14 +112,6 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
     record.append_record(cfg.runs_path, rec)
     print(f"record {run_id} -> {cfg.runs_path}: {rec['images_per_sec']:.1f} images/sec on {num_workers} workers")
     return 0
-
-
-def compile_local(model: tf.keras.Model, lr: float, momentum: float) -> tf.keras.Model:  # PS:
-    model.compile(optimizer=tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=momentum),
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
-                           tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
-    return model
 
 
 if __name__ == "__main__":

@@ -51,8 +51,7 @@ def source(requested: str) -> str:
         return requested
     if os.environ.get("TF_CONFIG"):
         return "tf_config"
-    if int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1")) or 1) > 1 \
-            and "SLURM_PROCID" in os.environ:
+    if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1:  # a task of a multi-task srun step
         return "slurm"
     return "local"
 

@@ -170,13 +170,24 @@ class IterationSampler(tf.keras.callbacks.Callback):
 
 
 def local_evaluator(make_model, eval_ds):
-    """evaluate(model) -> {val_loss, val_top1, val_top5}: the PS weights copied into a local model."""
+    """evaluate(model) -> {val_loss, val_top1, val_top5}: the PS weights copied into a local model.
+
+    Called from an epoch-end callback, i.e. inside the strategy's scope, where Keras' evaluate() would
+    send the work to the cluster: so a plain eager loop on the chief, metrics in numpy."""
     local = make_model()
 
     def evaluate(model) -> dict:
         local.set_weights(merged_weights(model))
-        values = local.evaluate(eval_ds, verbose=0, return_dict=True)
-        return {"val_" + k: float(v) for k, v in values.items()}
+        n = loss = top1 = top5 = 0.0
+        for x, y in eval_ds:
+            logits = local(x, training=False)
+            loss += float(tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)))
+            ranked = np.argsort(-logits.numpy(), axis=1)
+            labels = y.numpy()[:, None]
+            top1 += float((ranked[:, :1] == labels).any(axis=1).sum())
+            top5 += float((ranked[:, :5] == labels).any(axis=1).sum())
+            n += len(labels)
+        return {"val_loss": loss / n, "val_top1": top1 / n, "val_top5": top5 / n}
 
     return evaluate
 
