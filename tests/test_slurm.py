@@ -149,10 +149,16 @@ def test_sweep_rejects_bad_option():
 
 
 def test_localcluster_needs_root():
+    """Without root: one line on stderr, exit 2, nothing made (run as `nobody` when we are root)."""
+    cmd = [sys.executable, str(LOCALCLUSTER), "up", "--state-dir", "/nonexistent/lc"]
     if os.geteuid() == 0:
-        pytest.skip("running as root: the non-root path is exercised by running as an ordinary user")
-    p = localcluster("up")
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+        if shutil.which("setpriv") is None:
+            pytest.skip("no setpriv to drop root")
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "root" in p.stderr
+    assert not os.path.exists("/nonexistent/lc")
 
 
 # ---------------------------------------------------------------- issue 5 on the one-node cluster
@@ -312,6 +318,21 @@ def test_two_node_sync_sbatch(two_nodes, tmp_path):
     (rec,) = records(results, "s8")
     assert rec["num_workers"] == 2 and rec["slurm_job_id"] == job_id
     assert rec["hosts"] == ["n1", "n2"] and rec["horovod_controller"] == "mpi"
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_two_node_async_sbatch(two_nodes, tmp_path):
+    """chief, PS and worker 0 on n1, worker 1 on n2 (plane=3 keeps SlurmClusterResolver's block order)."""
+    results = tmp_path / "results"
+    p = two_nodes.run(["sbatch", "--wait", "-O", "-N", "2", "-n", "4", "--distribution=plane=3",
+                       f"--output={tmp_path}/slurm-async-%j.out", str(ROOT / "slurm" / "async.sbatch"), *TINY,
+                       "--steps-per-epoch", "8"], RESULTS_DIR=str(results), STUDY="a8", CHIEF_GRACE_S="5")
+    job_id, log = log_of(tmp_path, "async")
+    assert p.returncode == 0, log.read_text()[-3000:]
+    (rec,) = records(results, "a8")
+    assert rec["mode"] == "async" and rec["num_workers"] == 2 and rec["num_ps"] == 1
+    assert rec["slurm_job_id"] == job_id and rec["hosts"] == ["n1", "n2"] and rec["cluster_source"] == "slurm"
 
 
 @pytest.mark.slurm
