@@ -128,18 +128,38 @@ def spawn(cmd: list[str], logfile: Path, env: dict | None = None) -> int:
     return p.pid
 
 
-def pids_with_env(prefix: str) -> list[int]:
-    """Processes whose environment has SLURM_CONF under `prefix` (our daemons, slurmstepd, job tasks)."""
+def ancestors() -> set[int]:
+    out, pid = set(), os.getpid()
+    while pid > 1:
+        out.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return out
+
+
+def job_pids_with_conf(prefix: str) -> list[int]:
+    """This cluster's leftovers: slurmstepd/slurmscriptd (reparented to init) and job tasks, i.e. processes
+    whose environment has SLURM_CONF under `prefix` and that are SLURM's own or inside a job
+    (SLURM_JOB_ID set). A user's shell that merely exported SLURM_CONF is left alone, as are we."""
     want = f"SLURM_CONF={prefix}".encode()
+    mine = ancestors()
     out = []
     for d in os.listdir("/proc"):
-        if d.isdigit() and int(d) != os.getpid():
-            try:
-                with open(f"/proc/{d}/environ", "rb") as f:
-                    if any(v.startswith(want) for v in f.read().split(b"\0")):
-                        out.append(int(d))
-            except OSError:
-                pass
+        if not d.isdigit() or int(d) in mine:
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                prog = os.path.basename(f.read().split(b"\0")[0].decode(errors="replace").split(":")[0])
+        except (OSError, IndexError):
+            continue
+        if any(v.startswith(want) for v in env) and (
+                prog in ("slurmstepd", "slurmscriptd") or any(v.startswith(b"SLURM_JOB_ID=") for v in env)):
+            out.append(int(d))
     return out
 
 
@@ -260,6 +280,8 @@ class Cluster:
                 "MinJobAge=16",
                 "AccountingStorageType=accounting_storage/none",
                 "JobAcctGatherType=jobacct_gather/none",
+                # every task gets LOCALCLUSTER_NODES/_LINK/_DELAY_MS (what the links are shaped to now)
+                f"TaskProlog={self.dir / 'etc' / 'taskprolog.sh'}",
                 "JobCompType=jobcomp/filetxt",
                 f"JobCompLoc={self.dir / 'log' / 'jobcomp.txt'}",
             ]
@@ -269,6 +291,11 @@ class Cluster:
             lines.append(f"PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES")
             return "\n".join(lines) + "\n"
 
+        prolog = self.dir / "etc" / "taskprolog.sh"
+        prolog.write_text(f"#!/bin/sh\n# TaskProlog: lines 'export NAME=VALUE' land in every task's environment\n"
+                          f"cat {self.dir / 'etc' / 'link.env'} 2>/dev/null || true\n")
+        prolog.chmod(0o755)
+        self.write_link_env()
         # The controller's (and every client's) config; for one node also the node's.
         first_tmp = self.node_dir(st["node_list"][0]) / "tmp" if not st["multi"] else None
         self.conf.write_text(conf(first_tmp))
@@ -290,6 +317,14 @@ class Cluster:
                      f"{st['ctld_addr']} {host}"]
             hosts += [f"{n['addr']} {n['name']}" for n in st["node_list"]]
             (self.dir / "etc" / "hosts").write_text("\n".join(hosts) + "\n")
+
+    def write_link_env(self) -> None:
+        st = self.state
+        link = st.get("link") if st.get("multi") else None
+        (self.dir / "etc" / "link.env").write_text(
+            f"export LOCALCLUSTER_NODES={st['nodes']}\n"
+            f"export LOCALCLUSTER_LINK={link or ('unlimited' if st.get('multi') else 'none')}\n"
+            f"export LOCALCLUSTER_DELAY_MS={st.get('delay_ms') or 0}\n")
 
     # -- network ---------------------------------------------------------
     def net_up(self) -> None:
@@ -347,6 +382,7 @@ class Cluster:
                     "netem", "delay", f"{delay}ms", "limit", "100000"])
         st["link"], st["delay_ms"] = link, delay
         self.save()
+        self.write_link_env()
         if st["node_list"]:
             log(f"links shaped: rate {link or 'unlimited'}, one-way delay {delay or 0} ms on "
                 + ", ".join(f"{n['netns']}:eth0" for n in st["node_list"]))
@@ -576,7 +612,7 @@ def cmd_down(a) -> int:
                 stop_pid(pid, None, f"leftover process in {n['netns']}", timeout=3)
     # 3. controller and munged
     stop_pid(pids.get("slurmctld"), "slurmctld", "slurmctld")
-    for pid in pids_with_env(str(c.dir) + "/"):  # e.g. slurmstepd (reparented to init) and its tasks
+    for pid in job_pids_with_conf(str(c.dir) + "/"):  # e.g. slurmstepd (reparented to init) and its tasks
         if pid not in pids.values():
             stop_pid(pid, None, "leftover process with this cluster's SLURM_CONF", timeout=3)
     stop_pid(pids.get("munged"), "munged", "munged")
