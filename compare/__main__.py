@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                           ceiling=not args.no_ceiling, bench=not args.no_bench, timeout=args.timeout)
         counts = sweep(cfg, argv, progress=not args.no_progress)
         print(f"compare run: {counts['planned']} planned, {counts['skipped']} already done, "
-              f"{counts['ok']} ok, {counts['failed']} failed -> {cfg.runs_path}")
+              f"{counts['ok']} ok, {counts['failed']} failed -> {cfg.runs_path}"
+              + (f"; allreduce microbenchmark {counts['bench']}" if "bench" in counts else ""))
         return 0
     from compare.report import ReportError, write_report
 

@@ -506,6 +506,24 @@ def _conditions(study_dir: str, df: pd.DataFrame, argv: list[str] | None) -> lis
     return lines
 
 
+def _write_readme(out_dir: str, study_dir: str, df: pd.DataFrame) -> None:
+    """One line: what this directory holds, on which machine, when."""
+    sweep = {}
+    try:
+        with open(os.path.join(study_dir, "sweep.json"), encoding="utf-8") as f:
+            sweep = json.load(f)
+    except (OSError, ValueError):
+        pass
+    days = sorted({str(s)[:10] for s in df["started_at"].dropna()})
+    hosts = sorted({h for r in df["_record"] for h in (r.get("hosts") or [])})
+    line = (f"Study `{os.path.basename(os.path.normpath(study_dir))}`: {int((df['status'] == 'ok').sum())} runs on "
+            f"{sweep.get('cpu', '?')} ({len(sweep.get('cores', [])) or '?'} cores, host {', '.join(hosts) or '?'}), "
+            f"{' to '.join(dict.fromkeys([days[0], days[-1]])) if days else '?'}; made by `{sweep.get('command', 'python -m compare run')}` "
+            f"then `python -m compare report`; see report.md.\n")
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(line)
+
+
 def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: int = 1,
                  out_dir: str | None = None, argv: list[str] | None = None) -> str:
     """Write report.md and PNGs into out_dir (default study_dir); returns the report path."""
@@ -634,6 +652,7 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
                            _fmt(g["staleness_p95"].mean(), ".1f"), _fmt(g["staleness_max"].max(), ".0f"),
                            str(scaling.expected_staleness(int(p)))] for p, g in stale.groupby("num_workers")])]
     md += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figs]
+    _write_readme(out_dir, study_dir, df)
     path = os.path.join(out_dir, "report.md")
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

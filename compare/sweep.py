@@ -364,7 +364,8 @@ def sweep(cfg: SweepConfig, argv: list[str] | None = None, progress: bool = True
     try:
         if need_bench:  # first: it also measures the matmul peak every run then reuses
             bar.set_postfix_str("allreduce microbenchmark np=2")
-            counts["bench"] = run_bench(cfg, log_dir).get("status")
+            bench = run_bench(cfg, log_dir)
+            counts["bench"] = bench["status"] + (f" ({bench['error'][:300]})" if bench.get("error") else "")
             bar.update(1)
         for i, run in enumerate(todo):
             bar.set_postfix_str(f"run {i + 1} of {len(todo)}: {run.label()}")

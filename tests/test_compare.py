@@ -201,6 +201,7 @@ def test_report_writes_markdown_and_plots_with_the_expected_series(study: Path):
     path = Path(report.write_report(str(study), profiles=["local", "tsubame2.5", "h200"]))
     for name in ("report.md", "images_per_sec.png", "speedup.png", "efficiency.png", "projection.png", "staleness.png"):
         assert (study / name).stat().st_size > 1000 or name == "report.md", name
+    assert "test cpu" in (study / "README.md").read_text()
     text = path.read_text()
     for needle in ("## Conditions", "test cpu", "predicted img/s", "rel. error", "Largest error",
                    "## Projection to 48 GPUs", "| tsubame2.5 | sync | gap |", "| h200 | async | fc4096 |",
