@@ -47,18 +47,4 @@ def test_digits_two_ranks_reach_90_percent(results):
     assert rec["final"]["val_top1"] >= 0.85  # held-out accuracy still wobbles a little at the end
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dataset", "cifar"], "unknown dataset"),
-    (["--per-worker-batch", "0"], "--per-worker-batch must be > 0"),
-    (["--image-size", "16"], "--image-size must be >= 32"),
-    (["--dataset", "imagenet2012"], "imagenet2012 needs --manual-dir"),
-    (["--head", "mlp"], "unknown head"),
-    (["--results-dir", "/proc/no/such"], "results dir is not writable"),
-])
-def test_bad_input_one_line_exit_2_no_record(args, message, results):
-    argv = ["--results-dir", str(results), "--study", "t"] + args
-    proc = run([sys.executable, "-m", "train.sync_allreduce", *argv], timeout=120)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert not results.exists()
+# Bad input for this trainer: tests/test_bad_input.py (the catalogue of every entry point).

@@ -1,0 +1,71 @@
+"""The bad-input catalogue: every entry point, each case one line on stderr, exit 2, nothing written."""
+import os
+import socket
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, run
+
+PY = sys.executable
+BAD_TF_CONFIG = '{"cluster": '
+NO_CHIEF_TF_CONFIG = '{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}'
+
+# (id, command with {R} = results dir and {F} = a regular file, extra env, words the error must hold)
+CASES = [
+    ("sync-unknown-dataset", [PY, "-m", "train.sync_allreduce", "--dataset", "cifar"], {}, "unknown dataset"),
+    ("sync-negative-batch", [PY, "-m", "train.sync_allreduce", "--per-worker-batch", "-3"], {}, "--per-worker-batch"),
+    ("sync-not-a-number", [PY, "-m", "train.sync_allreduce", "--epochs", "two"], {}, "invalid int value"),
+    ("sync-small-image", [PY, "-m", "train.sync_allreduce", "--image-size", "8"], {}, "--image-size must be >= 32"),
+    ("sync-unknown-head", [PY, "-m", "train.sync_allreduce", "--head", "vgg"], {}, "unknown head"),
+    ("sync-unknown-flag", [PY, "-m", "train.sync_allreduce", "--gpus", "4"], {}, "unrecognized arguments"),
+    ("sync-imagenet-no-manual-dir", [PY, "-m", "train.sync_allreduce", "--dataset", "imagenet2012"], {},
+     "imagenet2012 needs --manual-dir"),
+    ("sync-imagenet-empty-manual-dir", [PY, "-m", "train.sync_allreduce", "--dataset", "imagenet2012",
+                                        "--manual-dir", "{R}/../"], {}, "has no ILSVRC2012_img_train.tar"),
+    ("sync-missing-folder", [PY, "-m", "train.sync_allreduce", "--dataset", "folder:/no/such/dir"], {},
+     "dataset folder not found"),
+    ("sync-results-under-a-file", [PY, "-m", "train.sync_allreduce", "--results-dir", "{F}/sub"], {},
+     "results dir is not writable"),
+    ("sync-checkpoint-dir-unwritable", [PY, "-m", "train.sync_allreduce", "--checkpoint-dir", "{F}/ck"], {},
+     "not writable"),
+    ("async-zero-ps", [PY, "-m", "train.async_ps", "--ps", "0"], {}, "--ps must be > 0"),
+    ("async-zero-workers", [PY, "-m", "train.async_ps", "--workers", "0"], {}, "--workers must be > 0"),
+    ("async-malformed-tf-config", [PY, "-m", "train.async_ps"], {"TF_CONFIG": BAD_TF_CONFIG}, "malformed TF_CONFIG"),
+    ("async-tf-config-without-chief", [PY, "-m", "train.async_ps"], {"TF_CONFIG": NO_CHIEF_TF_CONFIG},
+     "malformed TF_CONFIG"),
+    ("evaluate-missing-checkpoint", [PY, "-m", "train.evaluate", "/no/such/ckpt"], {}, "no complete checkpoint"),
+    ("compare-report-no-runs", [PY, "-m", "compare", "report", "--study", "none"], {}, "no runs file"),
+    ("compare-report-unknown-profile", [PY, "-m", "compare", "report", "--profiles", "dgx"], {}, "unknown value 'dgx'"),
+    ("compare-run-zero-workers", [PY, "-m", "compare", "run", "--workers", "1,0"], {}, "must be >= 1"),
+    ("localcluster-zero-nodes", [PY, "slurm/localcluster.py", "up", "--nodes", "0"], {}, "--nodes must be >= 1"),
+    ("sweep-zero-gpus-per-node", ["bash", "slurm/sweep.sh", "--dry-run", "--gpus-per-node", "0"], {},
+     "--gpus-per-node must be a positive integer"),
+    ("sweep-bad-gpu-list", ["bash", "slurm/sweep.sh", "--dry-run", "--gpus", "1,x"], {}, "not a positive integer"),
+]
+
+
+@pytest.mark.parametrize("cmd, env, words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(cmd, env, words, tmp_path):
+    results = tmp_path / "results"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory\n")
+    argv = [a.replace("{R}", str(results)).replace("{F}", str(a_file)) for a in cmd]
+    if "-m" in argv and argv[argv.index("-m") + 1] in ("train.sync_allreduce", "train.async_ps",
+                                                      "train.evaluate", "compare"):
+        if not any(a.startswith("--results-dir") for a in argv):
+            argv += ["--results-dir", str(results)]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run(argv, timeout=120, **env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert a_file.read_text() == "not a directory\n"
+
+
+def test_catalogue_spans_every_entry_point():
+    assert len(CASES) >= 12
+    tools = {c[1][2] if c[1][1] == "-m" else c[1][1] for c in CASES}
+    assert {"train.sync_allreduce", "train.async_ps", "train.evaluate", "compare",
+            "slurm/localcluster.py", "slurm/sweep.sh"} <= tools
