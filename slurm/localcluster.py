@@ -23,7 +23,11 @@ process it started (by pid, after checking the pid is still that program), kills
 namespaces, deletes namespaces, veths and the bridge, and removes the state dir. Everything it made is in
 DIR/state.json. It must run as root: otherwise one line on stderr and exit 2.
 
-After `up`:  export SLURM_CONF=DIR/etc/slurm.conf   (printed by `up`).
+After `up`:  export SLURM_CONF=DIR/etc/slurm.conf   (printed by `up`). Every task of every job gets
+LOCALCLUSTER_NODES, LOCALCLUSTER_LINK (none | unlimited | the tc rate) and LOCALCLUSTER_DELAY_MS from a
+TaskProlog, so a trainer can record the link it ran over. `status` exits 0 when every daemon runs and
+every node is idle/allocated, 1 when degraded, 3 when nothing is up (`--json` for machines).
+Exit codes: 2 = cannot run here (not root, packages or kernel features missing, bad arguments).
 munged runs privately on DIR/munge/munge.socket (slurm.conf's AuthInfo), so a site's or another
 cluster's munged is never touched; ports are picked free at first `up` and kept in the state.
 """
@@ -488,6 +492,8 @@ def preflight() -> None:
 
 def cmd_up(a) -> int:
     c = Cluster(a.state_dir)
+    if not c.state and c.dir.exists() and any(c.dir.iterdir()):  # `down` removes the whole state dir
+        die(f"--state-dir {c.dir} is not empty and holds no localcluster state; give a new or empty dir", 2)
     if c.state.get("nodes") and c.state["nodes"] != a.nodes:
         die(f"a {c.state['nodes']}-node cluster is up in {c.dir}; run `down` first", 1)
     if c.state.get("net_id") and c.state["net_id"] != a.net_id and c.state.get("multi"):
@@ -585,8 +591,6 @@ def cmd_down(a) -> int:
     st = c.state
     if not st:
         log(f"nothing to do (no state in {c.dir})")
-        if c.dir.exists() and a.state_dir_owned:
-            shutil.rmtree(c.dir, ignore_errors=True)
         return 0
     pids = st.get("pids", {})
     # 1. cancel every job, so slurmstepd and job processes end the normal way
@@ -656,7 +660,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-state", action="store_true", help="down: keep the state dir's logs")
     ap.add_argument("--json", action="store_true", help="status: machine-readable")
     a = ap.parse_args(argv)
-    a.state_dir_owned = True
     if not 1 <= a.net_id <= 254:
         die("--net-id must be 1..254", 2)
     preflight()

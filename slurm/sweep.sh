@@ -114,6 +114,7 @@ show() {  # print a command line that can be pasted back into a shell
 }
 
 job_ids=()
+not_submitted=()
 submit() {  # submit NAME TRAINER GPUS NODES TASKS NUM_PS SBATCH-ARGS... -- SCRIPT ARGS...
   local name=$1 trainer=$2 g=$3 nodes=$4 tasks=$5 nps=$6
   shift 6
@@ -122,8 +123,15 @@ submit() {  # submit NAME TRAINER GPUS NODES TASKS NUM_PS SBATCH-ARGS... -- SCRI
     show "${cmd[@]}"
     job_ids+=("<$name>")
   else
-    local id
-    id=$("${cmd[@]}") || die "sbatch failed for $name"
+    local id err
+    if ! id=$("${cmd[@]}" 2>"$manifest.err"); then  # e.g. more nodes than the cluster has: go on
+      err=$(tr '\t\n' '  ' <"$manifest.err")
+      echo "sweep.sh: warning: not submitted: $name: $err" >&2
+      printf 'none\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$trainer" "$g" "$nodes" "$tasks" "$nps" \
+        "sbatch: $err" >>"$manifest"
+      not_submitted+=("$name")
+      return 0
+    fi
     id=${id%%;*}
     job_ids+=("$id")
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$name" "$trainer" "$g" "$nodes" "$tasks" "$nps" \
@@ -157,6 +165,7 @@ for t in "${trainer_arr[@]}"; do
   done
 done
 
+((${#job_ids[@]})) || die "no job was submitted"
 deps=$(IFS=:; echo "${job_ids[*]}")
 report_args=(--job-name=report --output="$log_dir/slurm-report-%j.out" --nodes=1 --ntasks=1
              --dependency="afterany:$deps" --kill-on-invalid-dep=no
@@ -168,4 +177,9 @@ else
   id=${id%%;*}
   echo "submitted report: job $id, after $deps -> $results_dir/$study/report.md"
   printf '%s\n' "$id" >"${manifest%.tsv}.report"
+  rm -f "$manifest.err"
+  if ((${#not_submitted[@]})); then
+    echo "sweep.sh: error: not submitted (listed in the report): ${not_submitted[*]}" >&2
+    exit 1
+  fi
 fi

@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     failed = 0
     for row in rows:
+        if row["job_id"] == "none":  # sbatch refused it (e.g. more nodes than the cluster has)
+            failed += 1
+            table.append(f"| - | {row['name']} | {row['trainer']} | {row['gpus']} | {row['nodes']} | {row['tasks']} "
+                         f"| **not submitted** | - | - | no | {row['log'].replace('|', '/')} |")
+            continue
         state, code = job_state(row["job_id"])
         ok = state == "COMPLETED" and row["job_id"] in have
         err = "" if ok else error_line(row["log"])
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"| {row['tasks']} | {'ok' if ok else '**failed**'} | {state} | {code} "
                      f"| {'yes' if ok else 'no'} | {err.replace('|', '/')} |")
     out = Path(a.results_dir) / a.study / "sweep-jobs.md"
-    out.write_text(f"## SLURM jobs of this sweep ({len(rows)} submitted, {failed} failed)\n\n"
+    out.write_text(f"## SLURM jobs of this sweep ({len(rows)} jobs, {failed} failed or not submitted)\n\n"
                    f"Manifest: `{a.manifest}`\n\n" + "\n".join(table) + "\n")
     print(f"sweep_status: {len(rows)} job(s), {failed} failed -> {out}")
     return 0

@@ -283,7 +283,7 @@ def transfer_seconds(cluster: Slurm, tmp_path: Path, tag: str, mbytes: int = 16)
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     out = tmp_path / f"probe-{tag}.out"
-    p = cluster.run(["srun", "-N2", "-n2", "--ntasks-per-node=1", f"--output={out}", "/usr/bin/python3",
+    p = cluster.run(["srun", "-N2", "-n2", "--ntasks-per-node=1", f"--output={out}", sys.executable,
                      str(script), "47001", str(mbytes << 20)], timeout=120)
     assert p.returncode == 0, p.stderr
     host, secs = out.read_text().split()
