@@ -273,6 +273,7 @@ class Cluster:
                 "SchedulerType=sched/backfill",
                 "SwitchType=switch/none",
                 "MpiDefault=none",
+                "EnforcePartLimits=ALL",  # reject at submit what the partition cannot ever run
                 "ReturnToService=2",
                 "SlurmdParameters=config_overrides",
                 "SlurmctldTimeout=60",

@@ -128,7 +128,7 @@ submit() {  # submit NAME TRAINER GPUS NODES TASKS NUM_PS SBATCH-ARGS... -- SCRI
       err=$(tr '\t\n' '  ' <"$manifest.err")
       echo "sweep.sh: warning: not submitted: $name: $err" >&2
       printf 'none\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$trainer" "$g" "$nodes" "$tasks" "$nps" \
-        "sbatch: $err" >>"$manifest"
+        "$err" >>"$manifest"
       not_submitted+=("$name")
       return 0
     fi

@@ -202,13 +202,17 @@ def test_async_sbatch_chief_ps_two_workers(slurm, tmp_path):
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_mini_sweep_report_lists_failed_job(slurm, tmp_path):
-    """sync at 1 and 2 workers for real; async given a bad argument fails; the report job runs anyway."""
+    """sync at 1 and 2 workers for real; async given a bad argument fails; the report job runs anyway.
+
+    4 GPUs at 2 a node need 2 nodes, which this cluster lacks: sbatch refuses those two jobs at once,
+    the sweep goes on, exits 1, and the report lists them as not submitted.
+    """
     results, logs = tmp_path / "results", tmp_path / "logs"
-    p = slurm.run(["bash", str(ROOT / "slurm" / "sweep.sh"), "--study", "mini", "--gpus", "1,2", "--cpu",
+    p = slurm.run(["bash", str(ROOT / "slurm" / "sweep.sh"), "--study", "mini", "--gpus", "1,2,4", "--cpu",
                    "--gpus-per-node", "2", "--sbatch-arg=--overcommit", "--async-arg=--width=-1",
                    "--project-dir", str(ROOT), "--venv", str(VENV), "--results-dir", str(results),
                    "--log-dir", str(logs), "--", *TINY])
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 1, p.stderr  # sync-4g and async-4g not submitted
     report_ids = list((results / "mini" / "sweeps").glob("*.report"))
     assert len(report_ids) == 1
     report_job = report_ids[0].read_text().strip()
@@ -229,6 +233,8 @@ def test_mini_sweep_report_lists_failed_job(slurm, tmp_path):
         [("async", 1, "FAILED"), ("async", 2, "FAILED")]
     assert all("--width must be > 0" in r["error"] for r in failed)
     report = (results / "mini" / "report.md").read_text()
+    for name in ("sync-4g", "async-4g"):
+        assert re.search(rf"\| - \| {name} \|.*\*\*not submitted\*\*", report), report
     for r in failed:
         assert re.search(rf"\| {r['slurm_job_id']} \| async-\d+g \|.*\*\*failed\*\* \| FAILED \|", report), report
 
