@@ -34,13 +34,74 @@ def main(argv: list[str] | None = None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     import horovod.tensorflow as hvd
 
-    hvd.init()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    shapes = []
     grad = args.grad_bytes
     if args.model:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from train.model import gradient_bytes
+        from train.model import cnn11, gradient_bytes
         head, size, width, classes = args.model.split(",")
         grad = gradient_bytes(int(size), int(classes), head, float(width))
+        shapes = [tuple(w.shape) for w in cnn11((int(size), int(size), 3), int(classes), head,
+                                                    float(width)).trainable_weights]
+
+    # A training step's CPU work, emulated: a chain of 256x256 matmuls, timed before Horovod
+    # starts (both ranks compute side by side, no background thread) ...
+    w = tf.random.uniform((256, 256)) / 256.0
+
+    @tf.function
+    def chunk(x, reps):
+        for _ in tf.range(reps):
+            x = tf.linalg.matmul(x, w) + 0.5
+        return x
+
+    x0 = tf.random.uniform((256, 256))
+    chunk(x0, tf.constant(3)).numpy()
+    t0 = time.perf_counter()
+    chunk(x0, tf.constant(200)).numpy()
+    per_rep = (time.perf_counter() - t0) / 200
+    chunk_reps = [max(1, int(ms / 1e3 / per_rep)) for ms in (60, 180)]
+
+    def timed(fn, reps=7):
+        out = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return statistics.median(out)
+
+    pre = [timed(lambda r=r: chunk(x0, tf.constant(r)).numpy()) for r in chunk_reps]
+
+    hvd.init()
+    # ... and again with Horovod running, then followed by the allreduce of the model's own
+    # gradient tensors inside one function, as the DistributedOptimizer issues them each step.
+    grads = [tf.ones(s) for s in shapes] or [tf.ones([max(1, grad // 4)])]
+
+    @tf.function
+    def step(x, reps):
+        y = chunk(x, reps)
+        with tf.control_dependencies([y]):
+            red = [hvd.allreduce(g + 0.0, op=hvd.Average, name=f"grad{i}") for i, g in enumerate(grads)]
+        return y, red
+
+    def run_step(r):
+        y, red = step(x0, tf.constant(r))
+        y.numpy(), [t.numpy() for t in red]
+
+    run_step(1)
+    post = [timed(lambda r=r: chunk(x0, tf.constant(r)).numpy()) for r in chunk_reps]
+    hvd.allreduce(tf.zeros([1]), name="barrier0").numpy()
+    with_ar = [timed(lambda r=r: run_step(r)) for r in chunk_reps]
+    # b = a0 (1 + g) + delta over the two chunk lengths: g, the proportional CPU tax of running
+    # Horovod beside the compute on the same core; delta, the fixed per-step exchange.
+    pre_all = [max(v) for v in zip(*hvd.allgather_object(pre))]
+    post_all = [max(v) for v in zip(*hvd.allgather_object(post))]
+    ar_all = [max(v) for v in zip(*hvd.allgather_object(with_ar))]
+    g = (ar_all[1] - ar_all[0]) / (pre_all[1] - pre_all[0]) - 1.0
+    delta = ar_all[0] - pre_all[0] * (1.0 + g)
+    emulation = {"chunk_s_before_init": pre_all, "chunk_s_after_init": post_all,
+                 "chunk_plus_allreduce_s": ar_all, "tensors": len(grads), "tax": g, "delta_s": delta,
+                 "fit": "chunk+allreduce = chunk_before_init * (1 + tax) + delta, two chunk lengths, max over ranks"}
+
     sizes = sorted({int(s) for s in args.sizes.split(",") if s} | ({grad} if grad else set()))
     # The per-worker matmul peak, measured once here the way train/measure.py does (best of 5
     # fp32 2048x2048 matmuls, same threads), so the trainers need not measure it every run.
@@ -70,12 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"bytes": 4 * max(1, n // 4), "median_s": max(med_all), "per_rank_median_s": med_all,
                         "min_s": min(times)})
     if hvd.rank() == 0:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         from compare.scaling import fit_alpha_beta
         alpha, bw = fit_alpha_beta([r["bytes"] for r in results], [r["median_s"] for r in results], hvd.size())
         out = {"np": hvd.size(), "controller": "mpi" if hvd.mpi_enabled() else "gloo",
                "alpha_s": alpha, "bw_Bps": bw, "grad_bytes": grad or None,
-               "peak_gflops_per_worker": peak,
+               "peak_gflops_per_worker": peak, "step_emulation": emulation,
                "peak_source": f"best of 5 fp32 2048x2048 matmuls, {args.intra_op_threads} intra-op thread(s), min over ranks",
                "sizes": results, "reps": args.reps, "host": socket.gethostname(),
                "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
@@ -87,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=1)
         os.replace(tmp, args.out)
-        print(f"allreduce np={hvd.size()}: alpha {alpha * 1e6:.1f} us, B {bw / 1e9:.2f} GB/s -> {args.out}")
+        print(f"allreduce np={hvd.size()}: alpha {alpha * 1e6:.1f} us, B {bw / 1e9:.2f} GB/s; in a step: "
+              f"tax {g:+.3f}, delta {delta * 1e3:.1f} ms -> {args.out}")
     return 0
 
 

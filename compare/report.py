@@ -543,6 +543,7 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
     except (OSError, ValueError):
         pass
     local, info = calibrate(df, table, bench, cores)
+    info["bench"] = bench
     profs = build_profiles(profiles, local)
     val = validation_table(table, local, info)
 
@@ -605,6 +606,12 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
                    + [f"kappa = {{{', '.join(f'{p}: {k:.3f}' for p, k in sorted(info['kappa'].items()))}}}",
                       f"alpha = {info['alpha'] * 1e6:.0f} us, B = {info['bw'] / 1e9:.2f} GB/s (Gloo allreduce np=2)"]
                    + [f"async 1-worker update[{h}] = {o * 1e3:.1f} ms" for h, o in info["overhead"].items()]) + ".", ""]
+        emu = (bench or {}).get("step_emulation")
+        if emu:
+            md += [f"Informational, not used by the model: the microbenchmark's emulated step (matmul chain, then the "
+                   f"allreduce of the model's {emu['tensors']} gradient tensors) gave a per-step exchange of "
+                   f"{emu['delta_s'] * 1e3:.1f} ms and a proportional CPU tax of {emu['tax'] * 100:+.1f}% "
+                   f"(two chunk lengths; noisy on a shared host).", ""]
         if not val.empty:
             md.append(_md_table(["mode", "head", "compression", "workers", "n", "measured img/s", "predicted img/s",
                                  "rel. error", "note"],
