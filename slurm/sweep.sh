@@ -157,7 +157,7 @@ for t in "${trainer_arr[@]}"; do
     else
       nps=${ps_total:-$(( ps_per_node * nodes ))}
       tasks=$(( g + 1 + nps ))
-      args+=(--ntasks="$tasks" --export="$export_base,NUM_PS=$nps")
+      args+=(--ntasks="$tasks" --export="$export_base,NUM_PS=$nps,GPUS_PER_NODE=$(( cpu ? 0 : gpn ))")
       targs=("${common_args[@]}" "${async_args[@]}")
     fi
     submit "$name" "$t" "$g" "$nodes" "$tasks" "$nps" "${args[@]}" "${sbatch_extra[@]}" \

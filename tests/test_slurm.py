@@ -176,7 +176,7 @@ def test_sync_sbatch_two_tasks(slurm, tmp_path):
     assert rec["status"] == "ok" and rec["mode"] == "sync" and rec["engine"] == "horovod"
     assert rec["num_workers"] == 2 and rec["slurm_job_id"] == job_id and rec["run_id"] == job_id
     assert rec["horovod_controller"] == "mpi"
-    assert slurm.state(job_id) == "COMPLETED"
+    assert slurm.wait_job(job_id, timeout=120) == "COMPLETED"  # COMPLETING a moment after --wait
 
 
 @pytest.mark.slow
@@ -195,7 +195,7 @@ def test_async_sbatch_chief_ps_two_workers(slurm, tmp_path):
     assert rec["num_workers"] == 2 and rec["num_ps"] == 1 and rec["slurm_job_id"] == job_id
     assert rec["cluster_source"] == "slurm"
     assert rec["staleness"] and rec["staleness"]["n"] > 0
-    assert slurm.state(job_id) == "COMPLETED"
+    assert slurm.wait_job(job_id, timeout=120) == "COMPLETED"  # COMPLETING a moment after --wait
     assert not list((results / "a5").glob(".async-rc-*"))
 
 
@@ -216,7 +216,7 @@ def test_mini_sweep_report_lists_failed_job(slurm, tmp_path):
     report_ids = list((results / "mini" / "sweeps").glob("*.report"))
     assert len(report_ids) == 1
     report_job = report_ids[0].read_text().strip()
-    state = slurm.wait_job(report_job, timeout=900)
+    state = slurm.wait_job(report_job, timeout=800)
     _, report_log = log_of(logs, "report")
     assert state == "COMPLETED", report_log.read_text()[-3000:]
 
