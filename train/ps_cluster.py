@@ -20,13 +20,21 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from train.config import ConfigError
 
 CLUSTER_SOURCES = ("auto", "local", "tf_config", "slurm")
 PARENT_ENV = "ASYNC_PS_LAUNCHER_PID"
+WATCHDOG_GRACE_S = 10.0  # how long the main thread gets to handle SIGTERM/SIGINT itself
 CHILD_ENV = {"GRPC_FAIL_FAST": "use_caller"}  # verified.md / issue 3: in every task
+
+
+def inter_op_threads() -> int:
+    """Inter-op threads for every task: TensorFlow's default is the cores this process may use, which
+    is 1 under `taskset -c 0`, and a PS cluster deadlocks with one inter-op thread (verified.md)."""
+    return max(2, len(os.sched_getaffinity(0)))
 
 
 def extra_parser() -> argparse.ArgumentParser:
@@ -130,7 +138,7 @@ def serve(resolver, intra_op_threads: int) -> int:
     import tensorflow as tf
 
     _die_with_parent()
-    config = tf.compat.v1.ConfigProto()
+    config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=inter_op_threads())
     if intra_op_threads:  # intra-op only: one inter-op thread deadlocks a PS cluster
         config.intra_op_parallelism_threads = intra_op_threads
     server = tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
@@ -164,6 +172,7 @@ class LocalCluster:
         self.argv = list(argv)
         self.children: dict[tuple[str, int], subprocess.Popen] = {}
         self.lost: dict[str, int] = {}
+        self._stop_lock, self._stopped = threading.Lock(), threading.Event()
 
     def resolver(self):
         import tensorflow as tf
@@ -190,6 +199,13 @@ class LocalCluster:
         return {f"{job}:{i}": p.returncode for (job, i), p in self.children.items() if p.poll() is not None}
 
     def stop(self, grace_s: float = 5.0) -> None:
+        with self._stop_lock:  # the main thread or the watchdog, once
+            if self._stopped.is_set():
+                return
+            self._stop(grace_s)
+            self._stopped.set()
+
+    def _stop(self, grace_s: float) -> None:
         self.lost = self.exited()  # before we stop them: these died on their own
         for p in self.children.values():
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -204,8 +220,28 @@ class LocalCluster:
                 os.killpg(p.pid, signal.SIGKILL)  # the whole group, grandchildren included
             p.wait()
 
+    def _watchdog(self, wakeup_r: int) -> None:
+        """SIGTERM/SIGINT reach Python's handler only when the main thread runs Python code; if it is
+        stuck inside TensorFlow, tear the cluster down from here after a grace period and exit."""
+        while True:
+            try:
+                got = os.read(wakeup_r, 64)
+            except OSError:
+                got = b""
+            if not got:  # __exit__ closed the write end
+                os.close(wakeup_r)
+                return
+            if {signal.SIGTERM, signal.SIGINT} & set(got) and not self._stopped.wait(WATCHDOG_GRACE_S):
+                print("train.async_ps: signal not handled in time; tearing the cluster down", file=sys.stderr)
+                self.stop()
+                os._exit(143 if signal.SIGTERM in set(got) else 130)
+
     def __enter__(self) -> "LocalCluster":
         signal.signal(signal.SIGTERM, _raise_terminated)
+        wakeup_r, wakeup_w = os.pipe()
+        os.set_blocking(wakeup_w, False)
+        self._wakeup = (wakeup_r, wakeup_w, signal.set_wakeup_fd(wakeup_w))
+        threading.Thread(target=self._watchdog, args=(wakeup_r,), name="cluster-watchdog", daemon=True).start()
         try:
             return self.start()
         except BaseException:
@@ -215,13 +251,19 @@ class LocalCluster:
     def __exit__(self, *exc) -> None:
         self.stop()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        wakeup_r, wakeup_w, previous = self._wakeup
+        signal.set_wakeup_fd(previous)
+        os.close(wakeup_w)
 
 
 @contextlib.contextmanager
 def cluster(requested: str, cfg, argv: list[str]):
     """Yield (resolver, launcher or None, source name); ConfigError on a bad cluster description."""
+    import tensorflow as tf
+
     kind = source(requested)
     os.environ.update(CHILD_ENV)  # the chief too, before TensorFlow opens its channels
+    tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads())  # before the runtime starts
     if kind == "local":
         with LocalCluster(cfg.workers, cfg.ps, argv) as local:
             yield local.resolver(), local, kind
