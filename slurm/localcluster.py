@@ -500,10 +500,6 @@ def cmd_up(a) -> int:
     if c.state.get("net_id") and c.state["net_id"] != a.net_id and c.state.get("multi"):
         die(f"the cluster in {c.dir} uses --net-id {c.state['net_id']}; run `down` first", 1)
     link = None if a.link in (None, "", "none", "unlimited") else a.link
-    if link:
-        rate_bits(link)
-    if a.nodes < 1:
-        die("--nodes must be >= 1", 2)
     if a.nodes == 1 and (link or a.delay):
         log("note: --link/--delay apply between nodes only; a 1-node cluster has no link to shape")
     if a.delay:
@@ -663,6 +659,16 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if not 1 <= a.net_id <= 254:
         die("--net-id must be 1..254", 2)
+    if a.nodes < 1:
+        die(f"--nodes must be >= 1, got {a.nodes}", 2)
+    if a.nodes > 200:
+        die(f"--nodes must be <= 200 (addresses 10.ID.0.11..210), got {a.nodes}", 2)
+    if a.cpus_per_node is not None and a.cpus_per_node < 1:
+        die(f"--cpus-per-node must be >= 1, got {a.cpus_per_node}", 2)
+    if a.delay is not None and a.delay < 0:
+        die(f"--delay must be >= 0 ms, got {a.delay}", 2)
+    if a.link not in (None, "", "none", "unlimited") and not RATE_RE.match(a.link):
+        die(f"bad --link {a.link!r}; use e.g. 10gbit, 1gbit, 200mbit (or none)", 2)
     preflight()
     try:
         return {"up": cmd_up, "down": cmd_down, "status": cmd_status}[a.command](a)

@@ -184,7 +184,7 @@ def test_sync_sbatch_two_tasks(slurm, tmp_path):
 def test_async_sbatch_chief_ps_two_workers(slurm, tmp_path):
     results = tmp_path / "results"
     p = slurm.run(["sbatch", "--wait", "-O", "-n", "4", f"--output={tmp_path}/slurm-async-%j.out",
-                   str(ROOT / "slurm" / "async.sbatch"), *TINY, "--steps-per-epoch", "8"],
+                   str(ROOT / "slurm" / "async.sbatch"), *TINY, "--steps-per-epoch", "16"],
                   RESULTS_DIR=str(results), STUDY="a5", NUM_PS="1", CHIEF_GRACE_S="5")
     job_id, log = log_of(tmp_path, "async")
     assert p.returncode == 0, log.read_text()[-3000:]
@@ -333,7 +333,7 @@ def test_two_node_async_sbatch(two_nodes, tmp_path):
     results = tmp_path / "results"
     p = two_nodes.run(["sbatch", "--wait", "-O", "-N", "2", "-n", "4", "--distribution=plane=3",
                        f"--output={tmp_path}/slurm-async-%j.out", str(ROOT / "slurm" / "async.sbatch"), *TINY,
-                       "--steps-per-epoch", "8"], RESULTS_DIR=str(results), STUDY="a8", CHIEF_GRACE_S="5")
+                       "--steps-per-epoch", "16"], RESULTS_DIR=str(results), STUDY="a8", CHIEF_GRACE_S="5")
     job_id, log = log_of(tmp_path, "async")
     assert p.returncode == 0, log.read_text()[-3000:]
     (rec,) = records(results, "a8")
