@@ -579,11 +579,11 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
            "Mean over repeats ± standard error (SE of the mean over repeats; speedup SE by the delta method); "
            "baseline = the 1-worker runs of the same group.", ""]
     md.append(_md_table(["mode", "head", "size", "batch/worker", "compression", "PS", "workers", "n",
-                         "images/sec", "speedup", "efficiency"],
+                         "images/sec", "median", "speedup", "efficiency"],
                         [[r["mode"], r["head"], _fmt(r["image_size"], ".0f"), _fmt(r["per_worker_batch"], ".0f"),
                           r["compression"], _fmt(r["num_ps"], ".0f") if r["mode"] == "async" else "–",
                           _fmt(r["num_workers"], ".0f"), _fmt(r["n"], ".0f"),
-                          f"{_fmt(r['ips'])} ± {_fmt(r['ips_se'])}",
+                          f"{_fmt(r['ips'])} ± {_fmt(r['ips_se'])}", _fmt(r["ips_median"]),
                           f"{_fmt(r['speedup'], '.3f')} ± {_fmt(r['speedup_se'], '.3f')}",
                           f"{_fmt(r['efficiency'], '.3f')} ± {_fmt(r['efficiency_se'], '.3f')}"]
                          for _, r in table.iterrows()]) if not table.empty else "No usable runs.")
@@ -606,12 +606,6 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
                    + [f"kappa = {{{', '.join(f'{p}: {k:.3f}' for p, k in sorted(info['kappa'].items()))}}}",
                       f"alpha = {info['alpha'] * 1e6:.0f} us, B = {info['bw'] / 1e9:.2f} GB/s (Gloo allreduce np=2)"]
                    + [f"async 1-worker update[{h}] = {o * 1e3:.1f} ms" for h, o in info["overhead"].items()]) + ".", ""]
-        emu = (bench or {}).get("step_emulation")
-        if emu:
-            md += [f"Informational, not used by the model: the microbenchmark's emulated step (matmul chain, then the "
-                   f"allreduce of the model's {emu['tensors']} gradient tensors) gave a per-step exchange of "
-                   f"{emu['delta_s'] * 1e3:.1f} ms and a proportional CPU tax of {emu['tax'] * 100:+.1f}% "
-                   f"(two chunk lengths; noisy on a shared host).", ""]
         if not val.empty:
             md.append(_md_table(["mode", "head", "compression", "workers", "n", "measured img/s", "predicted img/s",
                                  "rel. error", "note"],

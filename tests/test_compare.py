@@ -239,7 +239,7 @@ def test_torn_last_line_is_reported_and_the_rest_used(study: Path):
     text = (study / "report.md").read_text()
     n_lines = len(study_records()) + 1
     assert f"Torn or invalid lines skipped: {n_lines}" in text
-    assert "| sync | gap | 32 | 64 | none | – | 2 | 3 |" in text
+    assert "| sync | gap | 32 | 64 | none | – | 2 | 3 | 180.0 ± 5.8 | 180.0 |" in text
     assert runs.read_bytes() == before
 
 
