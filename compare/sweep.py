@@ -223,6 +223,7 @@ def _kill_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
 def execute(cfg: SweepConfig, run: Run, log_dir: str) -> list[str]:
     """Start the configuration's processes, wait, and record failures. Returns failed run ids."""
     started_at = now_iso()
+    _ensure_newline(cfg.runs_path)  # the trainers append too: never onto a torn last line
     procs = []
     env = child_env()
     for rid, argv in commands(cfg, run):

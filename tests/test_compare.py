@@ -322,9 +322,14 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on_then_resumes(tmp_path: Pat
     fake.chmod(0o755)
     cfg = sweep.SweepConfig(results_dir=str(tmp_path / "results"), study="f", modes=("async",), workers=(1, 2),
                             repeats=1, ceiling=False, bench=False, python=str(fake), timeout=60)
+    os.makedirs(os.path.dirname(cfg.runs_path))
+    with open(cfg.runs_path, "w") as f:
+        f.write('{"run_id": "torn-by-a-crash')  # a torn last line must not swallow the next record
     counts = sweep.sweep(cfg, ["run"], progress=False)
     assert counts["failed"] == 2 and counts["ok"] == 0
-    recs = [json.loads(l) for l in open(cfg.runs_path)]
+    from train.record import read_records
+    recs, torn = read_records(cfg.runs_path)
+    assert torn == [1]
     assert [r["status"] for r in recs] == ["failed", "failed"]
     assert "exit code 3" in recs[0]["error"] and "something broke" in recs[0]["error"]
     assert all(k in recs[0] for k in REQUIRED_FIELDS)
