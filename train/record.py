@@ -102,6 +102,18 @@ def summarize(values: list[float], bins: int | None = None) -> dict:
     return out
 
 
+def link_info(env=None) -> dict:
+    """The interconnect this task ran over, from slurm/localcluster.py's TaskProlog (None elsewhere)."""
+    env = os.environ if env is None else env
+    delay, nodes = env.get("LOCALCLUSTER_DELAY_MS"), env.get("LOCALCLUSTER_NODES")
+    try:
+        delay = float(delay) if delay not in (None, "") else None
+        nodes = int(nodes) if nodes not in (None, "") else None
+    except ValueError:
+        pass
+    return {"rate": env.get("LOCALCLUSTER_LINK"), "delay_ms": delay, "nodes": nodes}
+
+
 def base_record(cfg, mode: str, run_id: str, started_at: str) -> dict:
     """The fields every record shares, from the config and the environment."""
     sha, dirty = git_state()
@@ -112,7 +124,7 @@ def base_record(cfg, mode: str, run_id: str, started_at: str) -> dict:
         "compression": cfg.compression, "precision": cfg.precision, "tag": cfg.tag,
         "versions": versions(), "hosts": [socket.gethostname()],
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "git_sha": sha, "git_dirty": dirty,
-        "config": dataclasses.asdict(cfg), "finished_at": None,
+        "config": dataclasses.asdict(cfg), "finished_at": None, "link": link_info(),
     }
 
 
