@@ -245,7 +245,7 @@ class LocalCluster:
         try:
             return self.start()
         except BaseException:
-            self.stop()
+            self.__exit__()
             raise
 
     def __exit__(self, *exc) -> None:
@@ -263,7 +263,8 @@ def cluster(requested: str, cfg, argv: list[str]):
 
     kind = source(requested)
     os.environ.update(CHILD_ENV)  # the chief too, before TensorFlow opens its channels
-    tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads())  # before the runtime starts
+    with contextlib.suppress(RuntimeError):  # already started (an in-process caller): keep its setting
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads())
     if kind == "local":
         with LocalCluster(cfg.workers, cfg.ps, argv) as local:
             yield local.resolver(), local, kind
