@@ -110,7 +110,7 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
                 "launcher_exits": launcher.exited() if launcher else None,  # PS: e.g. {"worker:1": -9}
                 "compression_supported": False, "compression_note": ps_meter.NO_COMPRESSION})  # PS:
     record.append_record(cfg.runs_path, rec)
-    print(f"record {run_id} -> {cfg.runs_path}: {rec['images_per_sec']:.1f} images/sec on {num_workers} workers")
+    print(f"record {run_id} -> {cfg.runs_path}: {rec['images_per_sec'] or 0:.1f} images/sec on {num_workers} workers")
     return 0
 
 
