@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--cluster=emulated" or (a == "--cluster" and argv[i + 1:i + 2] == ["emulated"])
+           for i, a in enumerate(argv)):  # the netns multi-node study (issue 8): compare/emulated.py
+        from compare.emulated import main as emulated_main
+        return emulated_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
