@@ -301,6 +301,10 @@ def test_plan_and_launcher_commands(tmp_path: Path):
     assert len(main_runs) == 2 * 2 * 2  # modes x workers x repeats
     assert [r.repeat for r in runs] == sorted(r.repeat for r in runs)  # repeat-major
     assert len({r.run_id() for r in main_runs}) == len(main_runs)
+    fp16 = sweep.plan(sweep.SweepConfig(results_dir=str(tmp_path), repeats=1, compressions=("none", "fp16"),
+                                        ceiling=False))
+    assert sorted((r.mode, r.compression) for r in fp16 if r.workers == 1) == [
+        ("async", "none"), ("sync", "fp16"), ("sync", "none")]
     sync2 = next(r for r in main_runs if r.mode == "sync" and r.workers == 2)
     [(rid, argv)] = sweep.commands(cfg, sync2)
     assert rid == sync2.run_id()
