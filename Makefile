@@ -9,7 +9,7 @@ env:
 	@scripts/bootstrap.sh $(VENV)
 
 study: env
-	$(PY) -m train.sync_allreduce --study $(STUDY) --epochs 2 --steps-per-epoch 20 --width 0.25
+	$(PY) -m compare run --study $(STUDY) && $(PY) -m compare report --study $(STUDY)
 
 test: env
 	$(PY) -m pytest
