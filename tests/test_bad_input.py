@@ -1,11 +1,10 @@
 """The bad-input catalogue: every entry point, each case one line on stderr, exit 2, nothing written."""
-import os
-import socket
+import runpy
 import sys
 
 import pytest
 
-from tests.conftest import ROOT, run
+from tests.conftest import run
 
 PY = sys.executable
 BAD_TF_CONFIG = '{"cluster": '
@@ -45,21 +44,36 @@ CASES = [
 ]
 
 
+def _run_in_process(argv: list[str], env: dict, monkeypatch, capsys) -> tuple[int, str]:
+    """`python -m MODULE ARGS` in this process (the module's real __main__ path, TF imported once)."""
+    module, args = argv[2], argv[3:]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    return exc.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("cmd, env, words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input(cmd, env, words, tmp_path):
+def test_bad_input(cmd, env, words, tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
     a_file = tmp_path / "a-file"
     a_file.write_text("not a directory\n")
     argv = [a.replace("{R}", str(results)).replace("{F}", str(a_file)) for a in cmd]
-    if "-m" in argv and argv[argv.index("-m") + 1] in ("train.sync_allreduce", "train.async_ps",
-                                                      "train.evaluate", "compare"):
-        if not any(a.startswith("--results-dir") for a in argv):
-            argv += ["--results-dir", str(results)]
+    python_module = argv[1] == "-m"
+    if python_module and not any(a.startswith("--results-dir") for a in argv):
+        argv += ["--results-dir", str(results)]
     before = sorted(p.name for p in tmp_path.iterdir())
-    proc = run(argv, timeout=120, **env)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and words in lines[0], proc.stderr
+    if python_module:
+        code, err = _run_in_process(argv, env, monkeypatch, capsys)
+    else:
+        proc = run(argv, timeout=120, **env)
+        code, err = proc.returncode, proc.stderr
+    assert code == 2, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
     assert a_file.read_text() == "not a directory\n"
 
