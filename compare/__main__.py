@@ -61,7 +61,24 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
+# `compare run --convergence` (issue 6): sync vs async at 1 and 2 workers on digits to a target accuracy,
+# 3 seeds each, the sync arm with and without fp16 compression. Defaults only: explicit flags still win.
+CONVERGENCE = dict(study="convergence", dataset="digits", modes=("sync", "async"), workers=(1, 2), repeats=3,
+                   compressions=("none", "fp16"), width=0.25, per_worker_batch=32, epochs=16, steps_per_epoch=0,
+                   warmup_steps=2, lr=0.025, no_ceiling=True)
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return v
+
+
+def build_parser(convergence: bool = False) -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="compare", description=__doc__, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     common = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
@@ -78,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--width", type=_positive(float), default=0.25)
     run.add_argument("--per-worker-batch", type=_positive(int), default=64)
     run.add_argument("--epochs", type=_positive(int), default=1)
-    run.add_argument("--steps-per-epoch", type=_positive(int), default=30)
+    run.add_argument("--steps-per-epoch", type=_nonneg_int, default=30,
+                     help="0: one pass over the training set (real datasets)")
     run.add_argument("--warmup-steps", type=_nonneg_int, default=5)
     run.add_argument("--ps", type=_positive(int), default=1, help="parameter-server shards (async)")
     run.add_argument("--intra-op-threads", type=_nonneg_int, default=1,
@@ -87,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-bench", action="store_true", help="skip the allreduce microbenchmark")
     run.add_argument("--timeout", type=_positive(float), default=600.0, help="seconds per configuration")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--dataset", choices=("synthetic", "digits"), default="synthetic")
+    run.add_argument("--lr", type=_positive(float), default=None,
+                     help="base learning rate per worker (sync scales it by p; default: the trainers')")
+    run.add_argument("--convergence", action="store_true",
+                     help="the time-to-accuracy study preset: " + ", ".join(
+                         f"{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                         for k, v in CONVERGENCE.items()) + "; repeats are seeds 0..R-1")
+    if convergence:
+        run.set_defaults(**CONVERGENCE)
 
     rep = sub.add_parser("report", help="write report.md and the PNGs (pandas + matplotlib)", **common)
     rep.add_argument("--study", default="local")
@@ -94,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--profiles", type=_choices(PROFILE_NAMES), default=PROFILE_NAMES)
     rep.add_argument("--ps-shards", type=_positive(int), default=1, help="PS shards in the projection")
     rep.add_argument("--out", default="", help="output dir (default: the study dir)")
+    rep.add_argument("--target", type=_fraction, default=0.90,
+                     help="target held-out top-1 for time-to-target and images-to-target (0..1]")
     return parser
 
 
@@ -103,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
            for i, a in enumerate(argv)):  # the netns multi-node study (issue 8): compare/emulated.py
         from compare.emulated import main as emulated_main
         return emulated_main(argv)
-    parser = build_parser()
+    parser = build_parser(convergence="--convergence" in argv)
     args = parser.parse_args(argv)
     if args.command == "run":
         if args.study in ("", ".", "..") or os.sep in args.study:
@@ -118,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                           image_sizes=args.image_sizes, compressions=args.compressions, width=args.width,
                           per_worker_batch=args.per_worker_batch, epochs=args.epochs,
                           steps_per_epoch=args.steps_per_epoch, warmup_steps=args.warmup_steps,
-                          ps=args.ps, intra_op_threads=args.intra_op_threads,
+                          ps=args.ps, intra_op_threads=args.intra_op_threads, dataset=args.dataset,
+                          lr=args.lr or 0.0, seed_per_repeat=args.convergence,
                           ceiling=not args.no_ceiling, bench=not args.no_bench, timeout=args.timeout)
         counts = sweep(cfg, argv, progress=not args.no_progress)
         print(f"compare run: {counts['planned']} planned, {counts['skipped']} already done, "
@@ -130,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_profile_names(list(args.profiles))
         path = write_report(os.path.join(args.results_dir, args.study), profiles=list(args.profiles),
-                            ps_shards=args.ps_shards, out_dir=args.out or None, argv=argv)
+                            ps_shards=args.ps_shards, out_dir=args.out or None, argv=argv, target=args.target)
     except (ReportError, ModelError) as e:
         print(f"compare report: error: {e}", file=sys.stderr)
         return 2

@@ -423,8 +423,10 @@ def plot_staleness(df: pd.DataFrame, path: str) -> plt.Figure | None:
     for i, (p, h) in enumerate(sorted(hists.items())):
         ks = sorted(h)
         total = sum(h.values())
+        mean = sum(k * v for k, v in h.items()) / total
         ax.bar(np.array(ks) + (i - (len(hists) - 1) / 2) * width, [h[k] / total for k in ks], width=width,
-               label=f"{p} worker{'s' if p > 1 else ''} (model: mean {scaling.expected_staleness(p)})")
+               label=f"{p} worker{'s' if p > 1 else ''}: measured mean {mean:.2f} "
+                     f"(model: mean {scaling.expected_staleness(p)} = p − 1)")
     ax.set_xlabel("staleness of an applied gradient (updates by other workers since its read)")
     ax.set_ylabel("fraction of updates")
     ax.set_title("Async staleness histogram, all repeats pooled")
@@ -459,6 +461,168 @@ def plot_accuracy_time(df: pd.DataFrame, path: str) -> plt.Figure | None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return fig
+
+
+# ------------------------------------------------------------------ convergence (issue 6)
+CONV_KEY = ["mode", "num_workers", "compression"]
+CONV_COLORS = {("sync", "none"): "tab:blue", ("sync", "fp16"): "tab:green", ("async", "none"): "tab:orange"}
+CONV_STYLES = {1: "--", 2: "-"}
+
+
+def _conv_label(mode: str, p: int, compression: str) -> str:
+    return f"{mode} p={p}" + (", fp16" if compression == "fp16" else "")
+
+
+def convergence_runs(df: pd.DataFrame, target: float) -> pd.DataFrame:
+    """One row per ok main run whose curve holds held-out top-1 at >= 2 epochs: when it first reached
+    `target` (epoch, wall-clock s since training start, images processed), or reached=False; its best
+    and final accuracy. A run that never reaches the target stays in the table."""
+    rows = []
+    for _, r in df[(df["status"] == "ok") & (df["role"] == "main")].iterrows():
+        curve = [c for c in (r["_record"].get("curve") or []) if "val_top1" in c and "wall_s" in c]
+        if len(curve) < 2:
+            continue
+        hit = next((c for c in curve if c["val_top1"] >= target), None)
+        rows.append({"run_id": r["run_id"], "mode": r["mode"], "num_workers": int(r["num_workers"]),
+                     "compression": r["compression"], "seed": (r["_record"].get("config") or {}).get("seed"),
+                     "epochs": len(curve), "reached": hit is not None,
+                     "epoch": hit["epoch"] if hit else None, "time_s": hit["wall_s"] if hit else None,
+                     "images": hit["images"] if hit else None,
+                     "best": max(c["val_top1"] for c in curve), "final": curve[-1]["val_top1"],
+                     "total_s": curve[-1]["wall_s"], "images_per_sec": r["images_per_sec"],
+                     "curve": curve})
+    cols = ["run_id", "mode", "num_workers", "compression", "seed", "epochs", "reached", "epoch", "time_s",
+            "images", "best", "final", "total_s", "images_per_sec", "curve"]
+    out = pd.DataFrame(rows, columns=cols)
+    for col in ("time_s", "images", "epoch"):
+        out[col] = pd.to_numeric(out[col], errors="coerce")
+    return out.sort_values(CONV_KEY + ["seed", "run_id"]).reset_index(drop=True) if len(out) else out
+
+
+def convergence_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (mode, workers, compression): runs, how many reached the target, time- and images-to-target
+    mean, SD and range over the runs that reached it, images/sec mean."""
+    rows = []
+    for key, g in runs.groupby(CONV_KEY, sort=True):
+        hit = g[g["reached"]]
+        t, im = hit["time_s"], hit["images"]
+        rows.append({**dict(zip(CONV_KEY, key)), "n": len(g), "reached": len(hit),
+                     "time_mean": t.mean() if len(t) else float("nan"),
+                     "time_sd": t.std(ddof=1) if len(t) > 1 else float("nan"),
+                     "time_min": t.min() if len(t) else float("nan"), "time_max": t.max() if len(t) else float("nan"),
+                     "images_mean": im.mean() if len(im) else float("nan"),
+                     "images_sd": im.std(ddof=1) if len(im) > 1 else float("nan"),
+                     "images_min": im.min() if len(im) else float("nan"),
+                     "images_max": im.max() if len(im) else float("nan"),
+                     "epoch_mean": hit["epoch"].mean() if len(hit) else float("nan"),
+                     "best_mean": g["best"].mean(), "final_mean": g["final"].mean(),
+                     "ips_mean": pd.to_numeric(g["images_per_sec"], errors="coerce").mean()})
+    return pd.DataFrame(rows)
+
+
+def plot_accuracy_curves(runs: pd.DataFrame, target: float, path: str, x: str = "wall_s") -> plt.Figure | None:
+    """Held-out top-1 vs wall time (x='wall_s') or images (x='images'): per configuration the mean over
+    seeds at each epoch (line) and the seeds' min–max accuracy (band); the target as a dashed line."""
+    if runs.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, g in runs.groupby(CONV_KEY, sort=True):
+        mode, p, comp = key
+        n_ep = int(g["epochs"].min())
+        xs = np.array([[c[x] for c in curve[:n_ep]] for curve in g["curve"]], dtype=float)
+        ys = np.array([[c["val_top1"] for c in curve[:n_ep]] for curve in g["curve"]], dtype=float)
+        color = CONV_COLORS.get((mode, comp), "tab:gray")
+        ax.plot(xs.mean(axis=0), ys.mean(axis=0), CONV_STYLES.get(int(p), ":"), color=color, marker=".",
+                label=f"{_conv_label(mode, int(p), comp)} (mean of {len(g)} seed{'s' if len(g) > 1 else ''})")
+        ax.fill_between(xs.mean(axis=0), ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.15, linewidth=0)
+    ax.axhline(target, color="crimson", linestyle=":", linewidth=1.2, label=f"target {target:.0%} top-1")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("held-out top-1 accuracy (evaluated every epoch)")
+    if x == "wall_s":
+        ax.set_xlabel("wall-clock seconds since training start (evaluation included)")
+        ax.set_title("Accuracy vs wall time (line: mean over seeds; band: seeds' min–max)")
+    else:
+        ax.set_xlabel("training images processed (all workers)")
+        ax.set_title("Accuracy vs images (line: mean over seeds; band: seeds' min–max)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def _spread(mean, sd, lo, hi, spec=".1f") -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{_fmt(mean, spec)} ± {_fmt(sd, spec)} ({_fmt(lo, spec)}–{_fmt(hi, spec)})"
+
+
+def convergence_markdown(runs: pd.DataFrame, summary: pd.DataFrame, target: float, table: pd.DataFrame,
+                         profiles: dict, df: pd.DataFrame) -> list[str]:
+    md = ["", f"## Convergence: time and images to {target:.0%} held-out top-1", "",
+          "Every run evaluates the held-out split after every epoch; a run reaches the target at the first "
+          "epoch whose held-out top-1 is at or above it (so times are epoch-end times, evaluation included, "
+          "since training start; process start-up is not counted). Mean ± SD over the runs that reached it "
+          "(min–max in brackets); a run that never reached the target is counted in `reached` and listed below.",
+          "",
+          _md_table(["mode", "workers", "compression", "reached", "time to target (s)", "images to target",
+                     "epoch (mean)", "best top-1 (mean)", "final top-1 (mean)", "images/sec (mean)"],
+                    [[r["mode"], str(int(r["num_workers"])), r["compression"], f"{r['reached']}/{r['n']}",
+                      _spread(r["time_mean"], r["time_sd"], r["time_min"], r["time_max"]),
+                      _spread(r["images_mean"], r["images_sd"], r["images_min"], r["images_max"], ".0f"),
+                      _fmt(r["epoch_mean"]), _fmt(r["best_mean"], ".3f"), _fmt(r["final_mean"], ".3f"),
+                      _fmt(r["ips_mean"])] for _, r in summary.iterrows()]),
+          "", "Every run:", "",
+          _md_table(["run", "seed", "epochs", f"reached {target:.0%}", "epoch", "time (s)", "images", "best top-1",
+                     "final top-1"],
+                    [[r["run_id"], _fmt(r["seed"], ".0f"), str(r["epochs"]),
+                      "yes" if r["reached"] else "**never** (within the epoch budget)",
+                      _fmt(r["epoch"], ".0f"), _fmt(r["time_s"]), _fmt(r["images"], ".0f"),
+                      _fmt(r["best"], ".3f"), _fmt(r["final"], ".3f")] for _, r in runs.iterrows()])]
+    sync = summary[summary["mode"] == "sync"]
+    if {"none", "fp16"} <= set(sync["compression"]):
+        md += ["", "## fp16 gradient compression (sync arm)", "",
+               "Horovod's `hvd.Compression.fp16`: gradients cast to fp16 for the allreduce. Measured images/sec "
+               "(mean ± SE over seeds) and time to target (mean ± SD), without and with it; the scaling model's "
+               "prediction for the same point (local profile, n halved for fp16) next to it.", ""]
+        local = profiles.get("local")
+        bytes_by = df[(df["status"] == "ok") & (df["mode"] == "sync")].groupby("compression")["gradient_bytes"].max()
+        rows = []
+        for p in sorted(sync["num_workers"].unique()):
+            cells = [str(int(p))]
+            per = {}
+            for comp in ("none", "fp16"):
+                s = sync[(sync["num_workers"] == p) & (sync["compression"] == comp)]
+                t = table[(table["mode"] == "sync") & (table["num_workers"] == p) & (table["compression"] == comp)]
+                ips = t.iloc[0] if len(t) else None
+                per[comp] = (ips["ips"] if ips is not None else float("nan"),
+                             s.iloc[0]["time_mean"] if len(s) else float("nan"))
+                pred = float("nan")
+                if local is not None and "gap" in local.workloads:
+                    pred = local.predict("sync", "gap", int(p), 1, comp).images_per_sec
+                cells += [f"{_fmt(ips['ips'])} ± {_fmt(ips['ips_se'])}" if ips is not None else "–", _fmt(pred),
+                          _spread(s.iloc[0]["time_mean"], s.iloc[0]["time_sd"], s.iloc[0]["time_min"],
+                                  s.iloc[0]["time_max"]) if len(s) else "–"]
+            cells += [f"{per['fp16'][0] / per['none'][0]:.3f}" if per["none"][0] else "–",
+                      f"{per['fp16'][1] / per['none'][1]:.3f}" if per["none"][1] == per["none"][1] and per["none"][1] else "–"]
+            rows.append(cells)
+        md.append(_md_table(["workers", "img/s none", "model none", "time to target none (s)",
+                             "img/s fp16", "model fp16", "time to target fp16 (s)", "img/s ratio fp16/none",
+                             "time ratio fp16/none"], rows))
+        if len(bytes_by):
+            md += ["", "Gradient bytes on the wire per exchange (record `gradient_bytes`): "
+                   + ", ".join(f"{c}: {int(b):,}" for c, b in bytes_by.items()) + "."]
+        proj = []
+        for name, prof in profiles.items():
+            for head in ("gap", "fc4096"):
+                if head not in prof.workloads:
+                    continue
+                proj.append([name, head] + [f"{prof.speedup('sync', head, p, 1, c):.2f}" for p in (2, 8, 48)
+                                            for c in ("none", "fp16")])
+        if proj:
+            md += ["", "The model's fp16 variant (n halved) beside the fp32 one: sync speedup over one GPU.", "",
+                   _md_table(["profile", "head", "2 none", "2 fp16", "8 none", "8 fp16", "48 none", "48 fp16"], proj)]
+    return md
 
 
 # ------------------------------------------------------------------ markdown
@@ -502,7 +666,10 @@ def _conditions(study_dir: str, df: pd.DataFrame, argv: list[str] | None) -> lis
     if cfg:
         lines.append(f"- workload: cnn11 width {cfg.get('width')}, {cfg.get('dataset')} "
                      f"{'/'.join(map(str, cfg.get('image_sizes', [])))} px, batch {cfg.get('per_worker_batch')} per worker, "
-                     f"{cfg.get('epochs')} epoch(s) x {cfg.get('steps_per_epoch')} steps, {cfg.get('warmup_steps')} warm-up steps "
+                     f"{cfg.get('epochs')} epoch(s) x "
+                     f"{cfg.get('steps_per_epoch') or 'one pass over the training set of'} steps, "
+                     f"{'lr ' + str(cfg.get('lr')) + ' per worker (sync: x p), ' if cfg.get('lr') else ''}"
+                     f"{'repeat r = seed r, ' if cfg.get('seed_per_repeat') else ''}{cfg.get('warmup_steps')} warm-up steps "
                      f"excluded, {cfg.get('intra_op_threads')} intra-op thread(s) and 2 inter-op threads per process; sync workers pinned one per core "
                      f"(taskset); an async run's chief, PS and p workers share cores 0..p-1")
     return lines
@@ -527,7 +694,7 @@ def _write_readme(out_dir: str, study_dir: str, df: pd.DataFrame) -> None:
 
 
 def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: int = 1,
-                 out_dir: str | None = None, argv: list[str] | None = None) -> str:
+                 out_dir: str | None = None, argv: list[str] | None = None, target: float = 0.90) -> str:
     """Write report.md and PNGs into out_dir (default study_dir); returns the report path."""
     profiles = list(profiles or scaling.PROFILE_NAMES)
     scaling.check_profile_names(profiles)
@@ -557,9 +724,15 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
     st = plot_staleness(df, os.path.join(out_dir, "staleness.png"))
     if st is not None:
         figs["staleness.png"] = st
-    acc = plot_accuracy_time(df, os.path.join(out_dir, "accuracy_time.png"))
-    if acc is not None:
-        figs["accuracy_time.png"] = acc
+    conv = convergence_runs(df, target)
+    if not conv.empty:  # per-epoch held-out curves: mean and spread over seeds, vs time and vs images
+        figs["accuracy_vs_time.png"] = plot_accuracy_curves(conv, target, os.path.join(out_dir, "accuracy_vs_time.png"))
+        figs["accuracy_vs_images.png"] = plot_accuracy_curves(conv, target, os.path.join(out_dir, "accuracy_vs_images.png"),
+                                                              x="images")
+    else:
+        acc = plot_accuracy_time(df, os.path.join(out_dir, "accuracy_time.png"))
+        if acc is not None:
+            figs["accuracy_time.png"] = acc
     for fig in figs.values():
         plt.close(fig)
 
@@ -652,6 +825,8 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
                       f"gradient {w.grad_bytes / 1e6:.1f} MB fp32 ({w.source})")
         for a in prof.assumptions:
             md.append(f"  - {a}")
+    if not conv.empty:
+        md += convergence_markdown(conv, convergence_summary(conv), target, table, profs, df)
     stale = df[(df["status"] == "ok") & (df["mode"] == "async") & df["staleness_mean"].notna()]
     if not stale.empty:
         md += ["", "## Async staleness", "",

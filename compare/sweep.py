@@ -46,6 +46,8 @@ class SweepConfig:
     steps_per_epoch: int = 30
     warmup_steps: int = 5
     dataset: str = "synthetic"
+    lr: float = 0.0  # base learning rate per worker passed to the trainers (0: the trainers' default)
+    seed_per_repeat: bool = False  # --seed REPEAT: repeats are independent seeds (the convergence study)
     ps: int = 1
     intra_op_threads: int = 1
     ceiling: bool = True
@@ -140,7 +142,8 @@ def trainer_flags(cfg: SweepConfig, run: Run, run_id: str, tag: str) -> list[str
             "--warmup-steps", str(cfg.warmup_steps), "--compression", run.compression,
             "--intra-op-threads", str(cfg.intra_op_threads),
             "--results-dir", os.path.abspath(cfg.results_dir), "--study", cfg.study,
-            "--run-id", run_id, "--tag", tag]
+            "--run-id", run_id, "--tag", tag] + (["--lr", repr(cfg.lr)] if cfg.lr else []) \
+        + (["--seed", str(run.repeat)] if cfg.seed_per_repeat else [])
 
 
 def _bench_peak(cfg: SweepConfig) -> float | None:

@@ -1,0 +1,183 @@
+"""Issue 6: per-epoch convergence curves of both trainers, fp16 compression in the sync arm, the
+`compare run --convergence` preset and the report's time-to-target table and accuracy plots.
+Real trainers as real processes (slow); the report on hand-written JSONL fixtures. Asserts on files."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from compare import report, sweep
+from compare.__main__ import build_parser, main
+from tests.conftest import BIN, records, run
+from tests.test_compare import rec, write_runs
+
+DIGITS = ["--dataset", "digits", "--width", "0.25", "--image-size", "32", "--intra-op-threads", "1", "--study", "t"]
+SHORT = DIGITS + ["--per-worker-batch", "32", "--epochs", "3", "--steps-per-epoch", "5", "--warmup-steps", "1"]
+
+
+def sync_run(np_: int, args: list[str], timeout: float = 600):
+    cmd = [str(BIN / "horovodrun"), "--gloo", "-np", str(np_), "-H", f"localhost:{np_}",
+           sys.executable, "-m", "train.sync_allreduce", *args]
+    return run(cmd, timeout=timeout)
+
+
+def assert_curve(rec: dict, epochs: int, steps_per_epoch: int, images_per_step: int) -> None:
+    """One point per epoch; wall time, steps and images strictly increasing; held-out metrics each epoch."""
+    curve = rec["curve"]
+    assert [p["epoch"] for p in curve] == list(range(1, epochs + 1))
+    walls, images = [p["wall_s"] for p in curve], [p["images"] for p in curve]
+    assert all(b > a for a, b in zip(walls, walls[1:])) and walls[0] > 0, walls
+    assert all(b > a for a, b in zip(images, images[1:])), images
+    for p in curve:
+        assert p["images"] == p["steps"] * images_per_step
+        assert 0.0 <= p["val_top1"] <= p["val_top5"] <= 1.0 and p["val_loss"] > 0
+    assert curve[-1]["steps"] >= epochs * steps_per_epoch
+
+
+# ------------------------------------------------------------------ the trainers (slow, real processes)
+@pytest.mark.slow
+def test_sync_curve_and_fp16_changes_compression_and_bytes(results):
+    for comp in ("none", "fp16"):
+        proc = sync_run(2, SHORT + ["--compression", comp, "--run-id", f"sync-{comp}", "--results-dir", str(results)])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    by = {r["run_id"]: r for r in records(results)}
+    none, fp16 = by["sync-none"], by["sync-fp16"]
+    for r in (none, fp16):
+        assert_curve(r, epochs=3, steps_per_epoch=5, images_per_step=64)
+        assert len(set(r["weights_sha256"])) == 1  # both ranks hold the same weights, fp16 or not
+    assert none["compression"] == "none" and fp16["compression"] == "fp16"
+    assert fp16["config"]["compression"] == "fp16"
+    assert fp16["trainable_params"] == none["trainable_params"]
+    assert none["gradient_bytes"] == 4 * none["trainable_params"]
+    assert fp16["gradient_bytes"] * 2 == none["gradient_bytes"]
+
+
+@pytest.mark.slow
+def test_async_curve_one_point_per_epoch(results):
+    cmd = [sys.executable, "-m", "train.async_ps", "--workers", "2", "--ps", "1", *SHORT,
+           "--results-dir", str(results)]
+    proc = run(cmd, timeout=600, TF_NUM_INTEROP_THREADS="2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [r] = records(results)
+    # every applied update is one worker's batch of 32; a scheduled step may be retried, never lost
+    assert_curve(r, epochs=3, steps_per_epoch=5, images_per_step=32)
+    assert r["compression"] == "none" and r["compression_supported"] is False
+
+
+@pytest.mark.slow
+def test_sync_fp16_reaches_the_digits_target_within_the_same_budget(results):
+    """tests/test_sync.py's recipe (np=2, global batch 64 at lr 0.05, 25 epochs) with fp16 on the wire."""
+    args = DIGITS + ["--per-worker-batch", "32", "--epochs", "25", "--lr", "0.025", "--compression", "fp16",
+                     "--results-dir", str(results)]
+    proc = sync_run(2, args, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [r] = records(results)
+    assert r["compression"] == "fp16" and len(r["curve"]) == 25
+    assert max(p["val_top1"] for p in r["curve"]) >= 0.90, [round(p["val_top1"], 3) for p in r["curve"]]
+
+
+# ------------------------------------------------------------------ the preset (no processes)
+def test_convergence_preset_plans_seeds_lr_and_fp16_for_sync_only(tmp_path):
+    args = build_parser(convergence=True).parse_args(["run", "--convergence", "--results-dir", str(tmp_path)])
+    assert args.study == "convergence" and args.dataset == "digits" and args.repeats == 3
+    cfg = sweep.SweepConfig(study=args.study, results_dir=args.results_dir, modes=args.modes, workers=args.workers,
+                            repeats=args.repeats, compressions=args.compressions, width=args.width,
+                            per_worker_batch=args.per_worker_batch, epochs=args.epochs,
+                            steps_per_epoch=args.steps_per_epoch, warmup_steps=args.warmup_steps,
+                            dataset=args.dataset, lr=args.lr, seed_per_repeat=True, ceiling=not args.no_ceiling)
+    runs = sweep.plan(cfg)
+    kinds = {(r.mode, r.workers, r.compression) for r in runs}
+    assert kinds == {("sync", 1, "none"), ("sync", 2, "none"), ("sync", 1, "fp16"), ("sync", 2, "fp16"),
+                     ("async", 1, "none"), ("async", 2, "none")}
+    assert len(runs) == 6 * 3 and all(r.kind == "main" for r in runs)
+    r2 = next(r for r in runs if r.repeat == 2 and r.mode == "async")
+    [(rid, argv)] = sweep.commands(cfg, r2)
+    flags = dict(zip(argv, argv[1:]))
+    assert flags["--seed"] == "2" and flags["--dataset"] == "digits" and float(flags["--lr"]) == args.lr
+    assert flags["--steps-per-epoch"] == "0"  # one pass over the training set per epoch
+    # an explicit flag still wins over the preset
+    assert build_parser(convergence=True).parse_args(["run", "--convergence", "--epochs", "3"]).epochs == 3
+
+
+# ------------------------------------------------------------------ the report on fixtures
+CONFIGS = [("sync", 1, "none"), ("sync", 2, "none"), ("sync", 1, "fp16"), ("sync", 2, "fp16"),
+           ("async", 1, "none"), ("async", 2, "none")]
+ACC = [0.1, 0.5, 0.8, 0.92, 0.95]  # reaches 90% at epoch 4
+
+
+def conv_records() -> list[dict]:
+    out = []
+    for mode, p, comp in CONFIGS:
+        for seed in range(3):
+            per_epoch_s = 2.0 + 0.1 * seed + (0.5 if p == 1 else 0.0)
+            acc = [0.1, 0.3, 0.5, 0.6, 0.7] if (mode, p, seed) == ("async", 2, 2) else ACC
+            curve = [{"epoch": e + 1, "wall_s": per_epoch_s * (e + 1), "steps": 21 * (e + 1),
+                      "images": 1344 * (e + 1), "loss": 1.0, "top1": a, "top5": 1.0, "val_loss": 1.0,
+                      "val_top1": a, "val_top5": 1.0} for e, a in enumerate(acc)]
+            extra = {}
+            if mode == "async":
+                extra["staleness"] = {"mean": p - 1, "p95": p - 1, "max": p, "histogram": {str(p - 1): 100}}
+            out.append(rec(f"{mode}-p{p}-{comp}-r{seed}", mode, p, 100.0 * p * (1.1 if comp == "fp16" else 1.0),
+                           compression=comp, dataset="digits", curve=curve, config={"seed": seed}, **extra))
+    return out
+
+
+def test_report_draws_accuracy_vs_time_and_images_and_the_time_to_target_table(tmp_path: Path):
+    study = tmp_path / "results" / "conv"
+    write_runs(study / "runs.jsonl", conv_records())
+    text = Path(report.write_report(str(study), profiles=["local", "tsubame2.5"], target=0.9)).read_text()
+    for png in ("accuracy_vs_time.png", "accuracy_vs_images.png", "staleness.png"):
+        assert (study / png).stat().st_size > 1000, png
+        assert f"![{png}]({png})" in text
+
+    # the time-to-target table: mean ± SD (min–max) over the seeds that reached it; epoch 4 = 4 x (2.0, 2.1, 2.2) s
+    assert "## Convergence: time and images to 90% held-out top-1" in text
+    assert "| sync | 2 | none | 3/3 | 8.4 ± 0.4 (8.0–8.8) | 5376 ± 0 (5376–5376) |" in text
+    assert "| sync | 1 | none | 3/3 | 10.4 ± 0.4 (10.0–10.8) |" in text
+    # a run that never reaches the target is listed as such, not dropped
+    assert "| async | 2 | none | 2/3 | 8.2 ± 0.3 (8.0–8.4) |" in text
+    never = next(l for l in text.splitlines() if l.startswith("| async-p2-none-r2 |"))
+    assert "**never**" in never and "0.700" in never
+    # fp16: measured img/s with and without, time to target, the model's n-halved variant beside it
+    assert "## fp16 gradient compression (sync arm)" in text
+    fp16_row = next(l for l in text.splitlines() if l.startswith("| 2 | 200.0 ± 0.0 |"))
+    assert "220.0 ± 0.0" in fp16_row and "| 1.100 | 1.000 |" in fp16_row
+    assert "none: 2,510,824" in text and "fp16: 1,255,412" in text
+    assert "| tsubame2.5 | gap |" in text
+    # staleness: mean against the model's p - 1
+    assert "| 2 | 3 | 1.00 |" in text and "model (p − 1)" in text
+
+    runs = report.convergence_runs(report.load_runs(str(study / "runs.jsonl"))[0], 0.9)
+    for x, xlabel in (("wall_s", "wall-clock seconds"), ("images", "training images")):
+        fig = report.plot_accuracy_curves(runs, 0.9, str(tmp_path / f"{x}.png"), x=x)
+        ax = fig.axes[0]
+        assert xlabel in ax.get_xlabel() and "top-1" in ax.get_ylabel()
+        lines = {l.get_label(): l for l in ax.get_lines()}
+        for want in ("sync p=1 (mean of 3 seeds)", "sync p=2, fp16 (mean of 3 seeds)", "async p=2 (mean of 3 seeds)"):
+            assert want in lines, (want, list(lines))
+        assert list(lines["target 90% top-1"].get_ydata()) == [0.9, 0.9]
+        mean = lines["sync p=2 (mean of 3 seeds)"]
+        want_x = [8.4 / 4 * e for e in range(1, 6)] if x == "wall_s" else [1344 * e for e in range(1, 6)]
+        assert list(mean.get_xdata()) == pytest.approx(want_x)
+        assert list(mean.get_ydata()) == pytest.approx(ACC)
+        # async p=2: the mean over seeds includes the run that never got there
+        assert lines["async p=2 (mean of 3 seeds)"].get_ydata()[-1] == pytest.approx((0.95 * 2 + 0.7) / 3)
+        assert len(ax.collections) == len(CONFIGS)  # one min–max band per configuration
+    st = report.plot_staleness(report.load_runs(str(study / "runs.jsonl"))[0], str(tmp_path / "st.png"))
+    labels = [t.get_text() for t in st.axes[0].get_legend().get_texts()]
+    assert "2 workers: measured mean 1.00 (model: mean 1 = p − 1)" in labels
+
+
+def test_report_bad_target_is_one_line_exit_2_nothing_written(tmp_path: Path, capsys):
+    study = tmp_path / "results" / "conv"
+    write_runs(study / "runs.jsonl", conv_records())
+    before = sorted(p.name for p in study.iterdir())
+    for bad in ("1.5", "0", "x"):
+        with pytest.raises(SystemExit) as e:
+            main(["report", "--results-dir", str(tmp_path / "results"), "--study", "conv", "--target", bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--target" in err
+    assert sorted(p.name for p in study.iterdir()) == before
