@@ -8,7 +8,8 @@ For every link rate the 2-node cluster is brought up (or re-shaped in place), th
 sbatch scripts (`sbatch --wait`): sync (Horovod over MPI, srun --mpi=pmix) on 1 node / 1 worker and on
 2 nodes / 2 workers; async (ParameterServerStrategy over gRPC) with chief + PS + 1 worker on node n1, and
 chief + PS + worker 0 on n1 with worker 1 on n2. Plus a Horovod MPI allreduce microbenchmark across the
-two nodes (compare/bench_allreduce.py under srun) giving alpha and B of that link. Repeats loop outside
+two nodes (compare/bench_link.py under srun: the model's own gradient tensors, scaled) giving alpha and B
+of that link. Repeats loop outside
 the links (link after link, again), so conditions alternate on a noisy host. Resumable: a (link, run,
 repeat) already in runs.jsonl (its `tag`) is skipped. The cluster is taken down at the end (by pid).
 
@@ -28,7 +29,9 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCALCLUSTER = os.path.join(ROOT, "slurm", "localcluster.py")
-RUNS = ("sync-1n", "sync-2n", "async-1n", "async-2n")
+RUNS = ("sync-1n", "sync-2n", "async-1n", "async-2n", "ceil-2n")
+# ceil-2n: two independent 1-worker sync runs at once, one on n1 and one on n2 (no communication): how much
+# the two emulated nodes slow each other down on this machine's 2 shared cores (the model's kappa).
 
 
 class EmulatedError(ValueError):
@@ -49,7 +52,7 @@ class EmulatedConfig:
     async_steps: int = 24
     warmup_steps: int = 2
     bench_reps: int = 5
-    bench_sizes: str = "65536,1048576,4194304,16777216"
+    bench_factors: str = "0.0625,0.25,0.5,1"
     runs: tuple[str, ...] = RUNS
     state_dir: str = "/tmp/localcluster-emulated"
     net_id: int = 84
@@ -113,6 +116,12 @@ def tag_of(link: str, run: str, rep: int) -> str:
     return f"role=main;cluster=emulated;link={_link_key(link)};run={run};rep={rep}"
 
 
+def run_tags(link: str, run: str, rep: int) -> list[tuple[str | None, str]]:
+    """(node or None, tag) of each job of a run: the ceiling run is two jobs, one a node."""
+    tag = tag_of(link, run, rep)
+    return [(c, f"{tag};copy={c}") for c in ("n1", "n2")] if run == "ceil-2n" else [(None, tag)]
+
+
 def trainer_args(cfg: EmulatedConfig, mode: str, tag: str) -> list[str]:
     steps = cfg.sync_steps if mode == "sync" else cfg.async_steps
     return ["--dataset", "synthetic", "--width", str(cfg.width), "--image-size", str(cfg.image_size),
@@ -120,8 +129,11 @@ def trainer_args(cfg: EmulatedConfig, mode: str, tag: str) -> list[str]:
             "--peak-gflops", "100", "--intra-op-threads", "1", "--tag", tag, *cfg.extra]
 
 
-def sbatch_cmd(cfg: EmulatedConfig, run: str, tag: str, log: str) -> list[str]:
+def sbatch_cmd(cfg: EmulatedConfig, run: str, tag: str, log: str, node: str = "n1") -> list[str]:
     mode, nodes = run.split("-")
+    if mode == "ceil":
+        return ["sbatch", "--wait", "--job-name=ceil", f"--output={log}", "-N", "1", "-n", "1", "-w", node,
+                os.path.join(ROOT, "slurm", "sync.sbatch"), *trainer_args(cfg, "sync", tag)]
     script = os.path.join(ROOT, "slurm", f"{mode}.sbatch")
     if mode == "sync":
         alloc = ["-N", "1", "-n", "1", "-w", "n1"] if nodes == "1n" else \
@@ -135,8 +147,8 @@ def sbatch_cmd(cfg: EmulatedConfig, run: str, tag: str, log: str) -> list[str]:
 
 def bench_cmd(cfg: EmulatedConfig, out: str) -> list[str]:
     return ["srun", "--mpi=pmix", "-N", "2", "-n", "2", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
-            sys.executable, "-m", "compare.bench_allreduce", "--out", out, "--reps", str(cfg.bench_reps),
-            "--sizes", cfg.bench_sizes, "--model", f"{cfg.head},{cfg.image_size},{cfg.width},10"]
+            sys.executable, "-m", "compare.bench_link", "--out", out, "--reps", str(cfg.bench_reps),
+            "--factors", cfg.bench_factors, "--model", f"{cfg.head},{cfg.image_size},{cfg.width},10"]
 
 
 def _append_failed(cfg: EmulatedConfig, link: str, run: str, rep: int, tag: str, error: str) -> None:
@@ -144,7 +156,8 @@ def _append_failed(cfg: EmulatedConfig, link: str, run: str, rep: int, tag: str,
 
     mode, nodes = run.split("-")
     append_json_line(cfg.runs_path, {
-        "status": "failed", "mode": mode, "num_workers": int(nodes[0]), "head": cfg.head, "width": cfg.width,
+        "status": "failed", "mode": "sync" if mode == "ceil" else mode,
+        "num_workers": 1 if mode == "ceil" else int(nodes[0]), "head": cfg.head, "width": cfg.width,
         "image_size": cfg.image_size, "per_worker_batch": cfg.per_worker_batch, "tag": tag,
         "link": {"rate": link, "delay_ms": 0.0, "nodes": 2}, "error": error[-2000:], "started_at": now_iso()})
 
@@ -162,8 +175,8 @@ def run_study(cfg: EmulatedConfig, argv: list[str] | None = None, log=print) -> 
     try:
         for rep in range(1, cfg.repeats + 1):
             for link in cfg.links:
-                todo = [r for r in cfg.runs if tag_of(link, r, rep) not in done]
-                bench_out = os.path.join(cfg.study_dir, f"allreduce-{_link_key(link)}-r{rep}.json")
+                todo = [r for r in cfg.runs if any(t not in done for _, t in run_tags(link, r, rep))]
+                bench_out = os.path.join(cfg.study_dir, f"linkbench-{_link_key(link)}-r{rep}.json")
                 if not todo and os.path.exists(bench_out):
                     counts["skipped"] += len(cfg.runs)
                     continue
@@ -177,25 +190,35 @@ def run_study(cfg: EmulatedConfig, argv: list[str] | None = None, log=print) -> 
                     counts["bench"] += p.returncode == 0
                     log(f"  bench {link}: exit {p.returncode} ({time.time() - t_start:.0f}s)")
                 for run in cfg.runs:
-                    tag = tag_of(link, run, rep)
-                    if tag in done:
+                    copies, tags = zip(*run_tags(link, run, rep))
+                    if all(t in done for t in tags):
                         counts["skipped"] += 1
                         continue
-                    rlog = os.path.join(cfg.study_dir, "logs", f"{run}-{_link_key(link)}-r{rep}.log")
-                    try:
-                        p = subprocess.run(sbatch_cmd(cfg, run, tag, rlog), cwd=ROOT, env=env, capture_output=True,
-                                           text=True, timeout=cfg.timeout)
-                        rc, err = p.returncode, p.stderr
-                    except subprocess.TimeoutExpired:
-                        rc, err = -1, f"timed out after {cfg.timeout:.0f}s"
-                        subprocess.run(["scancel", "--name", run.split("-")[0]], env=env, capture_output=True)
-                    if rc == 0 and tag in done_tags(cfg):
-                        counts["ok"] += 1
-                    else:
-                        tail = open(rlog, errors="replace").read()[-1500:] if os.path.exists(rlog) else ""
-                        _append_failed(cfg, link, run, rep, tag, f"exit {rc}: {err.strip()} {tail}")
-                        counts["failed"] += 1
-                    log(f"  {run} {link} r{rep}: exit {rc} ({time.time() - t_start:.0f}s)")
+                    procs = []
+                    for c, t in zip(copies, tags):
+                        rlog = os.path.join(cfg.study_dir, "logs", f"{run}-{_link_key(link)}-r{rep}"
+                                            + (f"-{c}" if c else "") + ".log")
+                        procs.append((t, rlog, subprocess.Popen(sbatch_cmd(cfg, run, t, rlog, c or "n1"), cwd=ROOT,
+                                                                env=env, stdout=subprocess.PIPE,
+                                                                stderr=subprocess.PIPE, text=True)))
+                    for t, rlog, proc in procs:
+                        try:
+                            _, err = proc.communicate(timeout=cfg.timeout)
+                            rc = proc.returncode
+                        except subprocess.TimeoutExpired:
+                            proc.kill()
+                            _, err = proc.communicate()
+                            rc, err = -1, f"timed out after {cfg.timeout:.0f}s"
+                            subprocess.run(["scancel", "--name", run.split("-")[0]], env=env, capture_output=True)
+                        now = done_tags(cfg)
+                        if rc == 0 and t in now:
+                            counts["ok"] += 1
+                        else:
+                            tail = open(rlog, errors="replace").read()[-1500:] if os.path.exists(rlog) else ""
+                            _append_failed(cfg, link, run, rep, t, f"exit {rc}: {err.strip()} {tail}")
+                            counts["failed"] += 1
+                    log(f"  {run} {link} r{rep}: exit {', '.join(str(p.returncode) for _, _, p in procs)} "
+                        f"({time.time() - t_start:.0f}s)")
     finally:
         if not cfg.keep_up:
             down(cfg)
@@ -222,7 +245,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--async-steps", type=_positive(int), default=24)
     run.add_argument("--warmup-steps", type=int, default=2)
     run.add_argument("--bench-reps", type=_positive(int), default=5)
-    run.add_argument("--bench-sizes", default="65536,1048576,4194304,16777216")
+    run.add_argument("--bench-factors", default="0.0625,0.25,0.5,1",
+                     help="the allreduce bench scales the model's gradient tensors by these factors")
     run.add_argument("--runs", default=",".join(RUNS))
     run.add_argument("--state-dir", default="/tmp/localcluster-emulated")
     run.add_argument("--net-id", type=int, default=84)
@@ -263,7 +287,7 @@ def main(argv: list[str]) -> int:
     cfg = EmulatedConfig(study=a.study, results_dir=a.results_dir, links=links, repeats=a.repeats, head=a.head,
                          width=a.width, image_size=a.image_size, per_worker_batch=a.per_worker_batch,
                          sync_steps=a.sync_steps, async_steps=a.async_steps, warmup_steps=a.warmup_steps,
-                         bench_reps=a.bench_reps, bench_sizes=a.bench_sizes, runs=runs, state_dir=a.state_dir,
+                         bench_reps=a.bench_reps, bench_factors=a.bench_factors, runs=runs, state_dir=a.state_dir,
                          net_id=a.net_id, keep_up=a.keep_up, timeout=a.timeout)
     counts = run_study(cfg, argv)
     print(f"compare run --cluster emulated: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} "
