@@ -64,8 +64,8 @@ def _nonneg_int(text: str) -> int:
 # `compare run --convergence` (issue 6): sync vs async at 1 and 2 workers on digits to a target accuracy,
 # 3 seeds each, the sync arm with and without fp16 compression. Defaults only: explicit flags still win.
 CONVERGENCE = dict(study="convergence", dataset="digits", modes=("sync", "async"), workers=(1, 2), repeats=3,
-                   compressions=("none", "fp16"), width=0.25, per_worker_batch=32, epochs=16, steps_per_epoch=0,
-                   warmup_steps=2, lr=0.025, no_ceiling=True)
+                   compressions=("none", "fp16"), width=0.25, per_worker_batch=32, epochs=14, steps_per_epoch=0,
+                   warmup_steps=2, lr=0.01, no_ceiling=True)
 
 
 def _fraction(text: str) -> float:
@@ -111,7 +111,7 @@ def build_parser(convergence: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--convergence", action="store_true",
                      help="the time-to-accuracy study preset: " + ", ".join(
                          f"{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
-                         for k, v in CONVERGENCE.items()) + "; repeats are seeds 0..R-1")
+                         for k, v in CONVERGENCE.items()) + "; repeats are seeds 0..R-1; no fp16 at 1 worker")
     if convergence:
         run.set_defaults(**CONVERGENCE)
 
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                           steps_per_epoch=args.steps_per_epoch, warmup_steps=args.warmup_steps,
                           ps=args.ps, intra_op_threads=args.intra_op_threads, dataset=args.dataset,
                           lr=args.lr or 0.0, seed_per_repeat=args.convergence,
+                          compress_single_worker=not args.convergence,
                           ceiling=not args.no_ceiling, bench=not args.no_bench, timeout=args.timeout)
         counts = sweep(cfg, argv, progress=not args.no_progress)
         print(f"compare run: {counts['planned']} planned, {counts['skipped']} already done, "

@@ -48,6 +48,7 @@ class SweepConfig:
     dataset: str = "synthetic"
     lr: float = 0.0  # base learning rate per worker passed to the trainers (0: the trainers' default)
     seed_per_repeat: bool = False  # --seed REPEAT: repeats are independent seeds (the convergence study)
+    compress_single_worker: bool = True  # False: no compressed 1-worker runs (nothing goes on the wire)
     ps: int = 1
     intra_op_threads: int = 1
     ceiling: bool = True
@@ -107,6 +108,8 @@ def plan(cfg: SweepConfig) -> list[Run]:
                 for mode in cfg.modes:
                     if mode == "async" and comp != "none":
                         continue  # the PS strategy pushes fp32 gradients; train.async_ps refuses fp16
+                    if p == 1 and comp != "none" and not cfg.compress_single_worker:
+                        continue
                     runs.append(Run("main", mode, p, head, size, comp, rep))
                 if cfg.ceiling and p > 1 and p <= ncores and comp == cfg.compressions[0]:
                     runs.append(Run("ceiling", "sync", p, head, size, "none", rep))
