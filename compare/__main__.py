@@ -123,6 +123,8 @@ def build_parser(convergence: bool = False) -> argparse.ArgumentParser:
     rep.add_argument("--out", default="", help="output dir (default: the study dir)")
     rep.add_argument("--target", type=_fraction, default=0.90,
                      help="target held-out top-1 for time-to-target and images-to-target (0..1]")
+    rep.add_argument("--note", action="append", default=[],
+                     help="a line added to the report's conditions (repeatable), e.g. 'shared, noisy host'")
     return parser
 
 
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_profile_names(list(args.profiles))
         path = write_report(os.path.join(args.results_dir, args.study), profiles=list(args.profiles),
-                            ps_shards=args.ps_shards, out_dir=args.out or None, argv=argv, target=args.target)
+                            ps_shards=args.ps_shards, out_dir=args.out or None, argv=argv, target=args.target,
+                            notes=args.note)
     except (ReportError, ModelError) as e:
         print(f"compare report: error: {e}", file=sys.stderr)
         return 2

@@ -704,7 +704,8 @@ def _write_readme(out_dir: str, study_dir: str, df: pd.DataFrame) -> None:
 
 
 def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: int = 1,
-                 out_dir: str | None = None, argv: list[str] | None = None, target: float = 0.90) -> str:
+                 out_dir: str | None = None, argv: list[str] | None = None, target: float = 0.90,
+                 notes: list[str] | None = None) -> str:
     """Write report.md and PNGs into out_dir (default study_dir); returns the report path."""
     profiles = list(profiles or scaling.PROFILE_NAMES)
     scaling.check_profile_names(profiles)
@@ -748,7 +749,7 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
 
     md = [f"# Scaling study `{os.path.basename(os.path.normpath(study_dir))}`: sync ring-allreduce vs async parameter servers",
           "", f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `compare report`.", "",
-          "## Conditions", "", *_conditions(study_dir, df, argv), ""]
+          "## Conditions", "", *_conditions(study_dir, df, argv), *[f"- note: {n}" for n in notes or []], ""]
     n_ok = int((df["status"] == "ok").sum())
     fails = failed_runs(df)
     md += ["## Runs", "",

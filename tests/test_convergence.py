@@ -128,7 +128,9 @@ def conv_records() -> list[dict]:
 def test_report_draws_accuracy_vs_time_and_images_and_the_time_to_target_table(tmp_path: Path):
     study = tmp_path / "results" / "conv"
     write_runs(study / "runs.jsonl", conv_records())
-    text = Path(report.write_report(str(study), profiles=["local", "tsubame2.5"], target=0.9)).read_text()
+    text = Path(report.write_report(str(study), profiles=["local", "tsubame2.5"], target=0.9,
+                                    notes=["shared, noisy host"])).read_text()
+    assert "- note: shared, noisy host" in text.split("## Runs")[0]  # among the conditions
     for png in ("accuracy_vs_time.png", "accuracy_vs_images.png", "staleness.png"):
         assert (study / png).stat().st_size > 1000, png
         assert f"![{png}]({png})" in text
