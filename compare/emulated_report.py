@@ -251,6 +251,9 @@ def plot_allreduce(info: dict, path: str) -> plt.Figure:
     ax.axvline(info["n"] / 1e6, color="gray", linestyle=":", label=f"gradient n = {info['n'] / 1e6:.1f} MB")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ticks = [2, 5, 10, 20, 50, 100]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
     ax.set_xlabel("bytes allreduced: the model's 39 gradient tensors, each scaled by f (MB, fp32)")
     ax.set_ylabel("time (ms), slowest rank's median")
     ax.set_title("Horovod MPI allreduce between the two netns nodes (np = 2)\nand the alpha-beta fit per link")
@@ -273,15 +276,17 @@ def plot_projection(info: dict, clusters: dict, seed: dict, path: str) -> plt.Fi
         for name, prof in clusters.items():
             if "fc4096" in prof.workloads:
                 ax.plot(gpus, [prof.speedup(mode, "fc4096", p) for p in gpus], linestyle="--" if name == "tsubame2.5" else ":",
-                        color="black", label=f"{name} profile, fc4096 (same model form)")
+                        color="black" if name == "tsubame2.5" else "tab:gray", linewidth=1.5 if name == "tsubame2.5" else 2.5,
+                        label=f"{name} profile, fc4096 224² (same model form)")
         ax.plot([seed["gpus"]], [seed["speedup"]], marker="*", markersize=14, color="crimson", linestyle="none",
                 label=f"seed: >{seed['speedup']:.0f}x at {seed['gpus']}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ax.set_xticks(gpus)
         ax.set_xticklabels([str(p) for p in gpus])
-        ax.set_yticks([0.5, 1, 2, 4, 8, 16, 32, 48])
-        ax.set_yticklabels(["0.5", "1", "2", "4", "8", "16", "32", "48"])
+        ax.set_yticks([0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 48])
+        ax.set_yticklabels(["1/8", "1/4", "1/2", "1", "2", "4", "8", "16", "32", "48"])
+        ax.set_ylim(0.09, 64)
         ax.set_xlabel("workers (one per node)")
         ax.set_title(f"{mode}: modeled speedup, cnn11 fc4096")
         ax.grid(True, alpha=0.3)
