@@ -298,6 +298,20 @@ def plot_projection(info: dict, clusters: dict, seed: dict, path: str) -> plt.Fi
 
 
 # ------------------------------------------------------------------ report
+def _load_text(study_dir: str) -> str:
+    """The host's 1-minute load average sampled during the study (load.jsonl), if it was recorded."""
+    try:
+        with open(os.path.join(study_dir, "load.jsonl"), encoding="utf-8") as f:
+            rows = [json.loads(ln) for ln in f if ln.strip()]
+        loads = [float(r["loadavg1"]) for r in rows]
+    except (OSError, ValueError, KeyError):
+        rows, loads = [], []
+    if not loads:
+        return "load average not recorded"
+    return (f"1-minute load average of the 2-core host, sampled every 15 s from {rows[0]['at']} to {rows[-1]['at']}: "
+            f"median {statistics.median(loads):.1f}, range {min(loads):.1f}–{max(loads):.1f}, n = {len(loads)}")
+
+
 def _conditions(study_dir: str, df: pd.DataFrame, argv: list[str] | None) -> list[str]:
     meta = {}
     try:
@@ -400,6 +414,27 @@ def write_report(study_dir: str, out_dir: str | None = None, argv: list[str] | N
     if worst_all is not None:
         md += ["", f"**Largest error over all link rates: {worst_all['rel_error'] * 100:+.1f}% "
                    f"({worst_all['run']} at {worst_all['link']}).**"]
+    md += ["", "### Reading the errors", ""]
+    for link, inp in info["inputs"].items():
+        wire = n / (rate_bps(link) / 8)
+        ex = inp["bench_times"][-1]
+        md.append(f"- {link}: the bench's exchange of the full gradient took {ex * 1e3:.0f} ms; the shaped rate alone "
+                  f"needs {wire * 1e3:.0f} ms for n one way ({ex / wire:.1f}x). "
+                  + ("The link sets the pace: this is the regime the alpha-beta term describes."
+                     if ex / wire < 3 else
+                     "The link is not what limits the exchange: TCP over veth, MPI and Horovod copies run on the same "
+                     "2 shared cores as both workers (and other users' jobs), so the exchange is CPU-bound and moves "
+                     "with the machine's load between the bench and the training runs."))
+    md += ["- Noise: the 1-node calibration runs themselves moved by up to "
+           f"{_fmt(100 * (val[val['calibration'] & (val['run'] == 'sync-1n')]['median'].max() / val[val['calibration'] & (val['run'] == 'sync-1n')]['median'].min() - 1), '.0f')}% "
+           "between link rates, though nothing in them crosses a link: the host was shared with other engineers' "
+           f"sweeps ({_load_text(study_dir)}). Every input (t1s, t1a, kappa, alpha, B) "
+           "is measured minutes apart from the 2-node points it predicts, so errors of this size at the CPU-bound "
+           "link are what the host allows, not what the model could fix per point.",
+           "- sync at the slower links: Horovod issues the gradients as they are produced during the backward pass, "
+           "in more fused messages than the bench's one-shot exchange, and each message pays alpha again (tens of "
+           "ms through the shaped TCP link); that term is not modeled (likely cause of a few % too fast at 1 Gbit; "
+           "not measured here: it needs a Horovod timeline)."]
     md += ["", "## Next to the 48-GPU projection", "",
            "The same model form with each link's measured alpha and B, one worker a node, projected to 48 nodes "
            "(sync: ring over p nodes; async: one PS on one node, the other p − 1 workers across the link, capped "
