@@ -14,7 +14,7 @@ import traceback
 
 import tensorflow as tf
 
-from train import data, measure, ps_cluster, ps_meter, record  # PS: ps_cluster, ps_meter
+from train import checkpoint, data, measure, ps_cluster, ps_meter, record  # PS: ps_cluster, ps_meter
 from train.config import ConfigError, parse_config
 from train.model import cnn11
 
@@ -86,11 +86,20 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
                       metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
                                tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
 
+    state = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    resume = checkpoint.latest(cfg.checkpoint_dir)  # (epoch, path) of the last complete checkpoint
+    initial_epoch = resume[0] if resume else 0
+    if resume:
+        with strategy.scope():  # PS: restored straight into the PS shards
+            checkpoint.restore(resume[1], state)
     evaluate = None if eval_ds is None else ps_meter.local_evaluator(make_model, eval_ds)  # PS: on the chief
     meter = ps_meter.IterationSampler(cfg.warmup_steps, images_per_step=global_batch, evaluate=evaluate)
     callbacks = [meter]
-    model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-              callbacks=callbacks, verbose=measure.verbosity(is_writer))
+    if cfg.checkpoint_dir:
+        callbacks.append(checkpoint.EpochCheckpoint(cfg.checkpoint_dir, state,
+                                                    checkpoint.model_meta(cfg, spec.num_classes), is_writer))
+    model.fit(train_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+              steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=measure.verbosity(is_writer))
 
     applied = int(optimizer.iterations.numpy())  # PS: updates applied (a retried step may count twice)
     digest = measure.weights_digest(ps_meter.local_copy(model, make_model))  # PS: one copy, on the PS
@@ -102,9 +111,10 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
                                    global_batch, steps=applied))
     rec.update({"num_ps": num_ps, "hosts": sorted({a.split(":")[0] for t in jobs.values() for a in t}
                                                   | {socket.gethostname()}), "weights_sha256": [digest],
+                "resumed_from_epoch": initial_epoch or None,
                 "engine": "tf.distribute.ParameterServerStrategy", "cluster_source": source,  # PS:
                 "shard_layout": ps_meter.shard_layout(model, num_ps, MIN_SHARD_BYTES),  # PS:
-                "applied_updates": applied, "scheduled_steps": cfg.epochs * steps_per_epoch,  # PS:
+                "applied_updates": applied, "scheduled_steps": (cfg.epochs - initial_epoch) * steps_per_epoch,  # PS:
                 "staleness": model.staleness.summary(),  # PS:
                 "workers_lost": alive.count(False), "workers_alive": alive,  # PS:
                 "launcher_exits": launcher.exited() if launcher else None,  # PS: e.g. {"worker:1": -9}

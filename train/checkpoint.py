@@ -46,9 +46,10 @@ def save(directory: str, epoch: int, checkpoint: tf.train.Checkpoint, meta: dict
     return final
 
 
-def restore(path: str, checkpoint: tf.train.Checkpoint) -> None:
-    """Load a checkpoint written by save(); optimizer slots are restored when first created."""
-    checkpoint.read(os.path.join(path, "ckpt")).expect_partial()
+def restore(path: str, checkpoint: tf.train.Checkpoint):
+    """Load a checkpoint written by save(); optimizer slots are restored when first created.
+    Returns the load status (call .assert_existing_objects_matched() to insist every weight loaded)."""
+    return checkpoint.read(os.path.join(path, "ckpt")).expect_partial()
 
 
 class EpochCheckpoint(tf.keras.callbacks.Callback):

@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     members, probs = [], []
     for path, meta in zip(paths, metas):
         model = cnn11((meta["image_size"], meta["image_size"], 3), meta["num_classes"], meta["head"], meta["width"])
-        checkpoint.restore(path, tf.train.Checkpoint(model=model))
+        try:  # every weight of the model must come from the checkpoint
+            checkpoint.restore(path, tf.train.Checkpoint(model=model)).assert_existing_objects_matched()
+        except AssertionError as e:
+            ap.error(f"{path} does not fit a cnn11 of {meta}: {str(e).splitlines()[0]}")
         logits = np.concatenate([model(x, training=False).numpy() for x, _ in eval_ds])
         members.append({"checkpoint": os.path.abspath(path), "epoch": meta["epoch"], **scores(logits, labels)})
         probs.append(softmax(logits))

@@ -124,12 +124,13 @@ class IterationSampler(tf.keras.callbacks.Callback):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.t_start = time.perf_counter()
+        self.first_step = 0
 
     def _sample(self) -> None:
         step = int(self.model.optimizer.iterations.numpy())
         now = time.perf_counter()
         with self._lock:
-            if self._in_epoch and step >= self.warmup_steps:
+            if self._in_epoch and step - self.first_step >= self.warmup_steps:
                 self.segments[-1].append((now, step))
 
     def _run(self) -> None:
@@ -139,6 +140,7 @@ class IterationSampler(tf.keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.t_start = time.perf_counter()
+        self.first_step = int(self.model.optimizer.iterations.numpy())  # > 0 after a resume
         self._thread = threading.Thread(target=self._run, name="iteration-sampler", daemon=True)
         self._thread.start()
 

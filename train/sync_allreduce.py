@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     state = tf.train.Checkpoint(model=model, optimizer=optimizer)
     # Horovod: rank 0 picks the newest complete checkpoint (epoch, path); every rank loads it.
     resume = broadcast_object(checkpoint.latest(cfg.checkpoint_dir), root_rank=0)
+    initial_epoch = resume[0] if resume else 0
     if resume:
         checkpoint.restore(resume[1], state)
     peak = measure.peak_gflops(cfg)  # all ranks at once: each gets its fair share of the machine
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.checkpoint_dir:
         callbacks.append(checkpoint.EpochCheckpoint(cfg.checkpoint_dir, state,
                                                     checkpoint.model_meta(cfg, spec.num_classes), is_writer))
-    model.fit(train_ds, epochs=cfg.epochs, initial_epoch=resume[0] if resume else 0,
+    model.fit(train_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
               steps_per_epoch=steps_per_epoch, validation_data=eval_ds, callbacks=callbacks,
               verbose=measure.verbosity(is_writer))
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.update(measure.run_summary(cfg, meter.result(), meter.curve, spec.num_classes, num_workers,
                                    global_batch, steps=int(optimizer.iterations.numpy()), peak=peak))
     rec.update({"num_ps": 0, "hosts": sorted(set(hosts)), "weights_sha256": digests,
-                "resumed_from_epoch": resume[0] if resume else None, "engine": "horovod",
+                "resumed_from_epoch": initial_epoch or None, "engine": "horovod",
                 "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo"})
     record.append_record(cfg.runs_path, rec)
     print(f"record {run_id} -> {cfg.runs_path}: {rec['images_per_sec'] or 0:.1f} images/sec, {num_workers} workers")
