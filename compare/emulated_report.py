@@ -1,16 +1,18 @@
 """`python -m compare report --cluster emulated`: predicted vs measured per link rate. pandas + matplotlib only.
 
 The model (compare/scaling.py's alpha-beta ring and PS forms; one worker per emulated node, one link a node):
-  inputs per link rate L, all measured in the study at L:
+  inputs, all measured in the study, in the same passes over link rate L as the 2-node points:
     t1s  = sync step of 1 worker on 1 node          (sync-1n runs: batch / images per second, median)
     t1a  = async update of 1 worker, PS on its node (async-1n runs: batch / images per second, median)
-    alpha_L, B_L from the Horovod MPI allreduce microbenchmark across the two nodes at L
+    alpha_L, B_L from the Horovod MPI allreduce microbenchmark across the two nodes at link rate L
     kappa = sync-1n rate / rate of each of two 1-worker runs side by side on n1 and n2 (ceil-2n runs): the
             two emulated nodes share this machine's 2 cores (and its noise), so p > 1 computes slower
   sync, p workers on p nodes:   step = kappa t1s + t_ar,  t_ar = 2(p-1) alpha_L + 2(p-1)/p * n / B_L
-  async, p workers, PS on n1:   worker k's update = kappa t1a (+ 2 alpha_L + 2 n / B_L when k is not on the
+  async, p workers, PS on n1:   worker k's update = t1a (+ 2 alpha_L + 2 n / B_L when k is not on the
                                 PS's node: it pulls n and pushes n over the link); rate = sum_k 1/update_k,
-                                capped by the PS's service time kappa (t1a - t1s) per update
+                                capped by the PS's service time (t1a - t1s) per update. No kappa: t1a is
+                                measured with chief, PS and worker already sharing the 2 cores (kappa
+                                measures two compute-bound processes side by side, the sync condition)
   n = the model's fp32 gradient bytes (the records' gradient_bytes).
 The 1-node runs are calibration points (exact by construction); the 2-node runs test the model.
 """
@@ -80,21 +82,21 @@ def async_ips(t1a: float, p: int, n: float, alpha: float, bw: float, batch: int,
 def predict(run: str, inputs: dict, batch: int, n: float) -> float:
     mode, nodes = run.split("-")
     p = int(nodes[0])
-    k = inputs.get("kappa", 1.0) if p > 1 else 1.0
     if mode == "sync":
+        k = inputs.get("kappa", 1.0) if p > 1 else 1.0
         return sync_ips(inputs["t1s"], p, n, inputs["alpha"], inputs["bw"], batch, k)
-    return async_ips(inputs["t1a"], p, n, inputs["alpha"], inputs["bw"], batch, k, inputs["t1s"])
+    return async_ips(inputs["t1a"], p, n, inputs["alpha"], inputs["bw"], batch, 1.0, inputs["t1s"])
 
 
 def project(inputs: dict, n: float, batch: int, gpus=scaling.PROJECTION_GPUS) -> dict:
-    """Speedup at p nodes, one worker a node, with this link's alpha and B and kappa(2) (async: one PS)."""
+    """Speedup at p nodes, one worker a node, with this link's alpha and B (sync: kappa(2); async: one PS)."""
     out = {"sync": {}, "async": {}}
     base_s = batch / inputs["t1s"]
     base_a = batch / inputs["t1a"]
     for p in gpus:
         k = inputs.get("kappa", 1.0) if p > 1 else 1.0
         out["sync"][p] = sync_ips(inputs["t1s"], p, n, inputs["alpha"], inputs["bw"], batch, k) / base_s
-        out["async"][p] = async_ips(inputs["t1a"], p, n, inputs["alpha"], inputs["bw"], batch, k,
+        out["async"][p] = async_ips(inputs["t1a"], p, n, inputs["alpha"], inputs["bw"], batch, 1.0,
                                     inputs["t1s"]) / base_a
     return out
 
@@ -147,8 +149,17 @@ def bench_points(benches: list[dict]) -> tuple[list[float], list[float]]:
     return sizes, [statistics.median(by_size[s]) for s in sizes]
 
 
-def link_inputs(df: pd.DataFrame, benches: dict, link: str, n: float, batch: int) -> dict | None:
-    ok = df[(df["status"] == "ok") & (df["link"] == link) & df["ips"].notna()]
+def link_inputs(df: pd.DataFrame, benches: dict, link: str, n: float, batch: int, pool: bool = False) -> dict | None:
+    """Model inputs at one link rate: alpha and B from that link's bench; t1s, t1a and kappa from the runs
+    that cross no link (1-node runs, side-by-side runs) made in the same pass over this link rate (the host's
+    load drifts by a factor of 2-3 within minutes: inputs from the same minutes track it), or pooled over
+    every link rate when `pool`."""
+    ok = df[(df["status"] == "ok") & df["ips"].notna()]
+    here = ok[ok["link"] == link]
+    if here.empty:
+        return None
+    if not pool:
+        ok = here
     s1, a1 = ok[ok["run"] == "sync-1n"]["ips"], ok[ok["run"] == "async-1n"]["ips"]
     b = benches.get(link, [])
     if s1.empty or a1.empty or not b:
