@@ -676,9 +676,9 @@ def _conditions(study_dir: str, df: pd.DataFrame, argv: list[str] | None) -> lis
     if cfg:
         lines.append(f"- workload: cnn11 width {cfg.get('width')}, {cfg.get('dataset')} "
                      f"{'/'.join(map(str, cfg.get('image_sizes', [])))} px, batch {cfg.get('per_worker_batch')} per worker, "
-                     f"{cfg.get('epochs')} epoch(s) x "
-                     f"{cfg.get('steps_per_epoch') or 'one pass over the training set of'} steps, "
-                     f"{'lr ' + str(cfg.get('lr')) + ' per worker (sync: x p), ' if cfg.get('lr') else ''}"
+                     + (f"{cfg.get('epochs')} epoch(s) x {cfg.get('steps_per_epoch')} steps, " if cfg.get('steps_per_epoch')
+                        else f"{cfg.get('epochs')} epoch(s) of one pass over the training set, ")
+                     + f"{'lr ' + str(cfg.get('lr')) + ' per worker (sync: x p), ' if cfg.get('lr') else ''}"
                      f"{'repeat r = seed r, ' if cfg.get('seed_per_repeat') else ''}{cfg.get('warmup_steps')} warm-up steps "
                      f"excluded, {cfg.get('intra_op_threads')} intra-op thread(s) and 2 inter-op threads per process; sync workers pinned one per core "
                      f"(taskset); an async run's chief, PS and p workers share cores 0..p-1")
