@@ -212,7 +212,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def plot_validation(val: pd.DataFrame, info: dict, path: str) -> plt.Figure:
     """Measured (median, min-max bar) vs predicted images/sec, one panel per mode, links on the x axis."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
     links = info["links"]
     for ax, mode in zip(axes, ("sync", "async")):
         for k, (nodes, marker, dx) in enumerate((("1n", "o", -0.12), ("2n", "s", 0.12))):
@@ -240,7 +240,7 @@ def plot_validation(val: pd.DataFrame, info: dict, path: str) -> plt.Figure:
         ax.set_title(f"{mode}: 1 worker on 1 node vs 2 workers on 2 nodes")
         ax.set_ylim(bottom=0)
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     fig.suptitle("Emulated cluster: model (black bars) vs measured; label = model error at 2 nodes", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -283,7 +283,7 @@ def plot_projection(info: dict, clusters: dict, seed: dict, path: str) -> plt.Fi
         for i, link in enumerate(info["links"]):
             pr = project(info["inputs"][link], info["n"], info["batch"])[mode]
             ax.plot(gpus, [pr[p] for p in gpus], marker="o", markersize=3, color=LINK_COLORS[i % len(LINK_COLORS)],
-                    label=f"emulated, {link} (validated at p = 2)")
+                    label=f"emulated, {link} (α, B measured; p = 2 checked, see table)")
         for name, prof in clusters.items():
             if "fc4096" in prof.workloads:
                 ax.plot(gpus, [prof.speedup(mode, "fc4096", p) for p in gpus], linestyle="--" if name == "tsubame2.5" else ":",
@@ -295,9 +295,9 @@ def plot_projection(info: dict, clusters: dict, seed: dict, path: str) -> plt.Fi
         ax.set_yscale("log", base=2)
         ax.set_xticks(gpus)
         ax.set_xticklabels([str(p) for p in gpus])
-        ax.set_yticks([0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 48])
-        ax.set_yticklabels(["1/8", "1/4", "1/2", "1", "2", "4", "8", "16", "32", "48"])
-        ax.set_ylim(0.09, 64)
+        ax.set_yticks([1 / 32, 1 / 16, 0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 48])
+        ax.set_yticklabels(["1/32", "1/16", "1/8", "1/4", "1/2", "1", "2", "4", "8", "16", "32", "48"])
+        ax.set_ylim(1 / 40, 64)
         ax.set_xlabel("workers (one per node)")
         ax.set_title(f"{mode}: modeled speedup, cnn11 fc4096")
         ax.grid(True, alpha=0.3)
