@@ -401,6 +401,18 @@ def write_report(study_dir: str, out_dir: str | None = None, argv: list[str] | N
                        _fmt(inp["kappa"], ".3f") + f" (n={inp['n_ceil']})",
                        _fmt(scaling.ring_time(n, 2, inp["alpha"], inp["bw"]) * 1e3, ".0f"), str(inp["bench_reps"])]
                       for link, inp in info["inputs"].items()]), ""]
+    when = []
+    for link in info["links"]:
+        ok = df[(df["status"] == "ok") & (df["link"] == link)]
+        parts = []
+        for run in ("sync-1n", "sync-2n", "async-1n", "async-2n", "ceil-2n"):
+            starts = sorted(str(r.get("started_at", ""))[11:16] for r in ok[ok["run"] == run]["_record"])
+            if starts:
+                parts.append(f"{run} {', '.join(dict.fromkeys(starts))}")
+        benches_at = sorted(str(b.get("measured_at", ""))[11:16] for b in benches.get(link, []))
+        when.append(f"- {link}: " + "; ".join(parts) + f"; bench {', '.join(benches_at)} (UTC)")
+    md += ["When each input was measured (start times; the model pairs inputs and 2-node points of the same "
+           "link rate, so minutes apart on a host whose load moves):", "", *when, ""]
     md += ["## Predicted vs measured, every point", "",
            "Measured = median images/sec over repeats (min–max in brackets); 1-node points calibrate the model "
            "(t1s, t1a) and are exact by construction; 2-node points test it.", ""]
