@@ -188,6 +188,7 @@ def run_study(cfg: EmulatedConfig, argv: list[str] | None = None, log=print) -> 
                         p = subprocess.run(bench_cmd(cfg, bench_out), cwd=ROOT, env=env, stdout=out,
                                            stderr=subprocess.STDOUT, timeout=cfg.timeout)
                     counts["bench"] += p.returncode == 0
+                    counts["failed"] += p.returncode != 0
                     log(f"  bench {link}: exit {p.returncode} ({time.time() - t_start:.0f}s)")
                 for run in cfg.runs:
                     copies, tags = zip(*run_tags(link, run, rep))
