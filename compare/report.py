@@ -308,7 +308,8 @@ def plot_throughput(table, profiles, info, path) -> plt.Figure:
     for key, g in t.groupby(GROUP, dropna=False):
         r = g.iloc[0]
         ax.errorbar(g["num_workers"], g["ips"], yerr=g["ips_se"].fillna(0), fmt="o", capsize=4,
-                    color=MODE_COLORS.get(r["mode"]), label=f"measured {_group_label(r)} (mean ± SE)")
+                    color=CONV_COLORS.get((r["mode"], r["compression"]), MODE_COLORS.get(r["mode"])),
+                    label=f"measured {_group_label(r)} (mean ± SE)")
     local = profiles.get("local")
     ps = np.array(scaling.PROJECTION_GPUS)
     if local is not None:
