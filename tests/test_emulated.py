@@ -142,8 +142,8 @@ def test_tiny_emulated_study_end_to_end(tmp_path):
     results, state = tmp_path / "results", tmp_path / "lc"
     cmd = [sys.executable, "-m", "compare", "run", "--cluster", "emulated", "--links", "1gbit", "--study", "tiny",
            "--results-dir", str(results), "--state-dir", str(state), "--net-id", str(_free_net_id()),
-           "--head", "gap", "--width", "0.125", "--per-worker-batch", "8", "--sync-steps", "6",
-           "--async-steps", "8", "--warmup-steps", "1", "--bench-reps", "2", "--bench-factors", "0.5,1",
+           "--head", "fc4096", "--width", "0.125", "--per-worker-batch", "8", "--sync-steps", "6",
+           "--async-steps", "16", "--warmup-steps", "1", "--bench-reps", "2", "--bench-factors", "0.125,1",
            "--timeout", "180"]
     p = subprocess.run(cmd, cwd=ROOT, env=child_env(TF_NUM_INTRAOP_THREADS="1"), capture_output=True, text=True,
                        timeout=900)
