@@ -1,11 +1,19 @@
 """Async arm under failure (issue 7): losing the PS fails fast and clean; a killed run resumes."""
+import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.test_async_ps import Launcher, assert_no_orphans, cluster_children, records, run
+from train import private_net
+
+
+def _tf_config(pid: int) -> dict:
+    env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
+    return json.loads(env["TF_CONFIG"])
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +21,19 @@ pytestmark = pytest.mark.slow
 def test_lost_ps_fails_within_60s_no_record_no_orphans(tmp_path):
     run_ = Launcher(tmp_path, "--workers", "2", "--ps", "1", "--epochs", "50", "--steps-per-epoch", "40")
     run_.wait_for_epoch(1)
-    [ps] = [pid for pid, task in cluster_children(run_.proc.pid).items() if task["type"] == "ps"]
+    children = cluster_children(run_.proc.pid)
+    # Exposure: every task was given loopback addresses only ...
+    for pid in children:
+        addresses = [a for job in _tf_config(pid)["cluster"].values() for a in job]
+        assert addresses and all(a.startswith("127.0.0.1:") for a in addresses), addresses
+    # ... and, where a private network namespace can be made, the whole cluster runs in one of its own.
+    if private_net.available():
+        mine = os.readlink("/proc/self/ns/net")
+        spaces = {os.readlink(f"/proc/{pid}/ns/net") for pid in [run_.proc.pid, *children]}
+        assert len(spaces) == 1 and mine not in spaces
+    elif os.environ.get("CI"):
+        pytest.fail("private network namespaces must work in CI (root + unshare)")
+    [ps] = [pid for pid, task in children.items() if task["type"] == "ps"]
     os.kill(ps, signal.SIGKILL)
     t0 = time.monotonic()
     code = run_.proc.wait(timeout=90)

@@ -14,7 +14,7 @@ import traceback
 
 import tensorflow as tf
 
-from train import checkpoint, data, measure, ps_cluster, ps_meter, record  # PS: ps_cluster, ps_meter
+from train import checkpoint, data, measure, private_net, ps_cluster, ps_meter, record  # PS: ps_*, private_net
 from train.config import ConfigError, parse_config
 from train.model import cnn11
 
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.compression != "none":  # PS: the strategy pushes fp32 gradients, say so instead of faking it
         print(f"{PROG}: error: --compression {cfg.compression}: {ps_meter.NO_COMPRESSION}", file=sys.stderr)
         return 2
+    if from_command_line and extra.private_net == "auto" and ps_cluster.source(extra.cluster) == "local":  # PS:
+        private_net.reexec_isolated(["-m", "train.async_ps", *argv])  # PS: nothing reachable from outside
     local = None  # PS: the cluster: local launcher, TF_CONFIG or SLURM; workers and PS only serve
     try:
         with ps_cluster.cluster(extra.cluster, cfg, argv) as (resolver, local, source):
@@ -113,6 +115,7 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
                                                   | {socket.gethostname()}), "weights_sha256": [digest],
                 "resumed_from_epoch": initial_epoch or None,
                 "engine": "tf.distribute.ParameterServerStrategy", "cluster_source": source,  # PS:
+                "private_net": private_net.inside(),  # PS: loopback-only network namespace
                 "shard_layout": ps_meter.shard_layout(model, num_ps, MIN_SHARD_BYTES),  # PS:
                 "applied_updates": applied, "scheduled_steps": (cfg.epochs - initial_epoch) * steps_per_epoch,  # PS:
                 "staleness": model.staleness.summary(),  # PS:

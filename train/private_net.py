@@ -16,6 +16,7 @@ import sys
 from functools import lru_cache
 
 _INNER = 'ip link set lo up && exec "$@"'
+MARK = "CNN11_PRIVATE_NET"  # set in the environment of a process re-executed inside one
 
 
 @lru_cache(maxsize=1)
@@ -31,6 +32,23 @@ def available() -> bool:
 def wrap(cmd: list[str]) -> list[str]:
     """`cmd` run inside a new network namespace with loopback up; `cmd` itself when unavailable."""
     return ["unshare", "--net", "sh", "-c", _INNER, "sh", *cmd] if available() else list(cmd)
+
+
+def inside() -> bool:
+    """True in a process that reexec_isolated() put into a private network namespace."""
+    return os.environ.get(MARK) == "1"
+
+
+def reexec_isolated(python_args: list[str]) -> None:
+    """Replace this process (same pid, same signals) by `python PYTHON_ARGS` inside a private network
+    namespace. Returns, doing nothing, when already inside one or when none can be made here."""
+    if inside() or not available():
+        return
+    os.environ[MARK] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    cmd = wrap([sys.executable, *python_args])
+    os.execvp(cmd[0], cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,9 @@ def extra_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", choices=CLUSTER_SOURCES, default="auto",
                    help="where the cluster comes from: auto = TF_CONFIG if set, else a multi-task "
                         "SLURM step, else the local launcher")
+    p.add_argument("--private-net", choices=("auto", "off"), default="auto",
+                   help="local launcher: run the whole cluster in a loopback-only network namespace "
+                        "when root and unshare allow (TF's gRPC servers listen on every interface)")
     return p
 
 
