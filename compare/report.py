@@ -297,7 +297,7 @@ def _main_groups(table: pd.DataFrame, info: dict | None) -> pd.DataFrame:
 
 
 def _group_label(r) -> str:
-    extra = f", fp16" if r["compression"] == "fp16" else ""
+    extra = ", fp16" if r["compression"] == "fp16" else ""
     extra += f", {int(r['num_ps'])} PS" if r["mode"] == "async" else ""
     return f"{r['mode']} {r['head']}{extra}"
 
@@ -327,7 +327,7 @@ def plot_throughput(table, profiles, info, path) -> plt.Figure:
     ax.set_yscale("log")
     ax.set_xlabel("workers (one pinned CPU core each; log2 scale)")
     ax.set_ylabel("images/sec, all workers (log scale)")
-    ax.set_title(f"cnn11 throughput on this machine, measured and modeled to 48 workers")
+    ax.set_title("cnn11 throughput on this machine, measured and modeled to 48 workers")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -825,7 +825,7 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
                                   + [_fmt(r["img/s @1"]), _fmt(r["img/s @48"]), r["bound @48"],
                                      _fmt(r.get("PS saturates at p"), ".1f")] for _, r in proj.iterrows()]))
     md += ["", f"Seed study claim for comparison: {seed['text']}.", "", "Assumptions and sources:", ""]
-    md.append(f"- sync: t = t_compute + t_comm − min(t_comm, overlap × 2/3 × t_compute); hierarchical ring "
+    md.append("- sync: t = t_compute + t_comm − min(t_comm, overlap × 2/3 × t_compute); hierarchical ring "
               "(2(g−1)α + 2(g−1)/g·n/B within a node, then the same over nodes through one NIC a node); fp16 halves n.")
     md.append("- async: updates/s = min(p / (t_compute + push/pull), S·B_ps / 2n, CPU cap); expected staleness p − 1.")
     for name, prof in profs.items():

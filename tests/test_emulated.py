@@ -40,7 +40,7 @@ def test_sync_model_per_link():
 
 
 def test_async_model_per_link():
-    n, batch, t1a, t1s = 64e6, 32, 0.3, 0.1
+    n, batch, t1a = 64e6, 32, 0.3
     assert er.async_ips(t1a, 1, n, 0.01, 1e8, batch) == pytest.approx(batch / t1a)
     # worker 0 beside the PS; worker 1 pulls n and pushes n over its link
     alpha, bw = 0.02, 1e8
