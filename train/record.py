@@ -11,7 +11,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import time
 
 SCHEMA_VERSION = 1
 REQUIRED_FIELDS = (
@@ -170,7 +169,3 @@ def read_records(path: str) -> tuple[list[dict], list[int]]:
             except ValueError:
                 bad.append(n)
     return records, bad
-
-
-def wall_clock() -> float:
-    return time.perf_counter()
