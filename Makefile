@@ -8,8 +8,10 @@ STUDY ?= local
 env:
 	@scripts/bootstrap.sh $(VENV)
 
+# `make study` measures THIS machine every time into results/$(STUDY)/ (gitignored); a second call resumes
+# (only runs made on this host at this commit count as done). STUDY = local | convergence | emulated (a preset).
 study: env
-	$(PY) -m compare run --study $(STUDY) && $(PY) -m compare report --study $(STUDY)
+	$(PY) -m compare run --preset $(STUDY) && $(PY) -m compare report --study $(STUDY)
 
 test: env
 	$(PY) -m pytest

@@ -1,9 +1,10 @@
-"""`python -m compare report`: runs.jsonl -> report.md + PNGs. pandas + matplotlib (Agg); no TensorFlow.
+"""`python -m compare report`: frame -> model -> report.md + PNGs, for every kind of study (local, convergence,
+emulated, collected from SLURM). Markdown only here: loading is compare/frame.py, inputs compare/calibration.py,
+the model compare/scaling.py, figures compare/plots.py, words compare/wording.py. No TensorFlow.
 
-Groups by (mode, model, width, head, image size, per-worker batch, compression, PS shards); the
-baseline of a group is its 1-worker runs; speedup and efficiency carry standard errors (delta method)
-and n. The local cost profile is calibrated from the runs themselves (1-worker step times, the
-side-by-side ceiling runs, the allreduce microbenchmark) and then predicts every measured point.
+Conditions come from the records, study.json (written by `compare run`) and load.jsonl; nothing here
+knows anything about a particular run. A study with a reference study of the same name
+(results/reference/<name>/) is shown beside it.
 """
 from __future__ import annotations
 
@@ -11,633 +12,20 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
-import shlex
 
 import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from compare import calibration, hostload, plots, scaling
+from compare.frame import FrameError, failed_runs, load, mean_se, speedup_table, usable
+from compare.wording import GOAL, VERDICTS, verdict
 
-from compare import scaling  # noqa: E402
-from train.record import read_records  # noqa: E402  (train.record imports no TensorFlow)
-
-GROUP = ["mode", "model", "width", "head", "image_size", "per_worker_batch", "compression", "num_ps"]
-MODE_COLORS = {"sync": "tab:blue", "async": "tab:orange"}
-PROFILE_STYLES = {"local": "-", "tsubame2.5": "--", "h200": ":"}
-GOAL = 0.05
+ReportError = FrameError  # bad input (no runs file, no valid run): one line, exit 2, nothing written
 
 
-class ReportError(ValueError):
-    """Bad input (missing or empty runs.jsonl): one line, exit 2, nothing written."""
-
-
-# ------------------------------------------------------------------ loading
-def parse_tag(tag) -> dict:
-    out = {}
-    for part in str(tag or "").split(";"):
-        if "=" in part:
-            k, v = part.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
-
-
-def load_runs(path: str) -> tuple[pd.DataFrame, list[int]]:
-    """All intact records as a flat DataFrame, and the torn line numbers. ReportError when none."""
-    if not os.path.isfile(path):
-        raise ReportError(f"no runs file: {path}")
-    records, torn = read_records(path)
-    if not records:
-        raise ReportError(f"{path} holds no intact records" + (f" (torn lines {torn})" if torn else ""))
-    rows = []
-    for r in records:
-        tag = parse_tag(r.get("tag"))
-        step = r.get("step_time_s") or {}
-        stale = r.get("staleness") or {}
-        rows.append({
-            "run_id": r.get("run_id"), "status": r.get("status", "ok"), "mode": r.get("mode"),
-            "model": r.get("model", "cnn11"), "width": float(r.get("width") or (r.get("config") or {}).get("width", 1.0)),
-            "head": r.get("head"), "image_size": r.get("image_size"),
-            "per_worker_batch": r.get("per_worker_batch"), "compression": r.get("compression") or "none",
-            "num_ps": int(r.get("num_ps") or 0), "num_workers": r.get("num_workers"),
-            "num_classes": r.get("num_classes"),
-            "images_per_sec": r.get("images_per_sec"), "images_per_sec_se": r.get("images_per_sec_se"),
-            "step_p50": step.get("p50") if isinstance(step, dict) else None,
-            "trainable_params": r.get("trainable_params"), "gradient_bytes": r.get("gradient_bytes"),
-            "train_gflop_per_img": r.get("train_gflop_per_img"),
-            "role": tag.get("role", "main"), "copies": int(tag.get("copies", 1)), "pin": tag.get("pin"),
-            "error": r.get("error"), "started_at": r.get("started_at"),
-            "staleness_mean": stale.get("mean") if isinstance(stale, dict) else None,
-            "staleness_p95": stale.get("p95") if isinstance(stale, dict) else None,
-            "staleness_max": stale.get("max") if isinstance(stale, dict) else None,
-            "_record": r,
-        })
-    df = pd.DataFrame(rows)
-    for col in ("images_per_sec", "images_per_sec_se", "step_p50", "trainable_params", "gradient_bytes",
-                "train_gflop_per_img", "num_workers", "image_size", "per_worker_batch"):
-        df[col] = pd.to_numeric(df[col], errors="coerce")
-    return df, torn
-
-
-def usable(df: pd.DataFrame) -> pd.DataFrame:
-    """Main-role runs with status ok and a measured rate: what the statistics use."""
-    return df[(df["status"] == "ok") & (df["role"] == "main") & df["images_per_sec"].notna()]
-
-
-# ------------------------------------------------------------------ statistics
-def _se(values: pd.Series, within: pd.Series) -> float:
-    """SE of the mean over repeats; with one repeat, that run's own (within-run, over windows) SE."""
-    v = values.dropna()
-    if len(v) >= 2:
-        return float(v.std(ddof=1) / math.sqrt(len(v)))
-    if len(v) == 1 and within.notna().any():
-        return float(within.dropna().iloc[0])
-    return float("nan")
-
-
-def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (group, workers): n, images/sec mean and SE, speedup and efficiency with SEs."""
-    ok = usable(df)
-    cols = GROUP + ["num_workers", "n", "ips", "ips_se", "ips_median", "base_ips", "base_se", "base_n",
-                    "speedup", "speedup_se", "efficiency", "efficiency_se"]
-    if ok.empty:
-        return pd.DataFrame(columns=cols)
-    rows = []
-    for key, g in ok.groupby(GROUP + ["num_workers"], dropna=False, sort=True):
-        rows.append({**dict(zip(GROUP + ["num_workers"], key)), "n": int(len(g)),
-                     "ips": float(g["images_per_sec"].mean()), "ips_se": _se(g["images_per_sec"], g["images_per_sec_se"]),
-                     "ips_median": float(g["images_per_sec"].median())})
-    t = pd.DataFrame(rows)
-    t["num_workers"] = t["num_workers"].astype(int)
-    base = t[t["num_workers"] == 1][GROUP + ["ips", "ips_se", "n"]].rename(
-        columns={"ips": "base_ips", "ips_se": "base_se", "n": "base_n"})
-    t = t.merge(base, on=GROUP, how="left")
-    t["speedup"] = t["ips"] / t["base_ips"]
-    rel = np.sqrt((t["ips_se"] / t["ips"]) ** 2 + (t["base_se"] / t["base_ips"]) ** 2)
-    t["speedup_se"] = np.where(t["num_workers"] == 1, 0.0, t["speedup"] * rel)
-    t["efficiency"] = t["speedup"] / t["num_workers"]
-    t["efficiency_se"] = t["speedup_se"] / t["num_workers"]
-    return t[cols].sort_values(GROUP + ["num_workers"]).reset_index(drop=True)
-
-
-def failed_runs(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"] != "ok"][["run_id", "mode", "num_workers", "head", "status", "error"]]
-
-
-# ------------------------------------------------------------------ the local profile
-def load_bench(study_dir: str) -> dict | None:
-    path = os.path.join(study_dir, "allreduce.json")
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-        return d if d.get("alpha_s") is not None and d.get("bw_Bps") else None
-    except (OSError, ValueError):
-        return None
-
-
-def ceiling_kappa(df: pd.DataFrame, solo_ips: float) -> dict[int, float]:
-    """kappa(p) = one pinned 1-worker run alone / the same run beside p-1 others (sync trainer)."""
-    c = df[(df["status"] == "ok") & (df["role"] == "ceiling") & df["images_per_sec"].notna()]
-    out = {1: 1.0}
-    for copies, g in c.groupby("copies"):
-        if copies > 1 and solo_ips > 0:
-            out[int(copies)] = float(solo_ips / g["images_per_sec"].mean())
-    return out
-
-
-def calibrate(df: pd.DataFrame, table: pd.DataFrame, bench: dict | None, cores: int,
-              width=None, image_size=None, batch=None) -> tuple[scaling.Profile | None, dict]:
-    """The local profile for one (width, image size, batch) from its sync 1-worker runs; info for the report."""
-    info: dict = {"assumptions": []}
-    base = table[(table["mode"] == "sync") & (table["num_workers"] == 1) & (table["compression"] == "none")]
-    if width is not None:
-        base = base[(base["width"] == width) & (base["image_size"] == image_size) & (base["per_worker_batch"] == batch)]
-    if base.empty:
-        info["missing"] = "no sync 1-worker runs without compression: nothing to calibrate the local profile from"
-        return None, info
-    first = base.iloc[0]
-    width, image_size, batch = first["width"], int(first["image_size"]), int(first["per_worker_batch"])
-    ok = usable(df)
-    same = ok[(ok["width"] == width) & (ok["image_size"] == image_size) & (ok["per_worker_batch"] == batch)]
-    workloads, overhead = {}, {}
-    solo_ips = None
-    for _, row in base.iterrows():
-        head = row["head"]
-        rec = same[(same["mode"] == "sync") & (same["head"] == head)].iloc[0]
-        t1 = batch / row["ips"]
-        workloads[head] = scaling.Workload(head, batch, t1, 4.0 * rec["trainable_params"],
-                                           f"sync 1-worker mean {row['ips']:.1f} img/s (n={row['n']})")
-        solo_ips = solo_ips or row["ips"]
-        a1 = table[(table["mode"] == "async") & (table["num_workers"] == 1) & (table["head"] == head)
-                   & (table["width"] == width) & (table["image_size"] == image_size)
-                   & (table["per_worker_batch"] == batch) & (table["compression"] == "none")]
-        if not a1.empty:
-            overhead[head] = batch / a1.iloc[0]["ips"]  # the measured 1-worker async update time
-    if "gap" in workloads and "fc4096" not in workloads:  # carry the measured compute over by FLOPs
-        rec = same[(same["mode"] == "sync") & (same["head"] == "gap")].iloc[0]
-        classes = int(rec["num_classes"] or 10)
-        p_gap, m_gap = scaling.head_dense_counts("gap", image_size, width, classes)
-        p_fc, m_fc = scaling.head_dense_counts("fc4096", image_size, width, classes)
-        gflop_gap = rec["train_gflop_per_img"]
-        gflop_fc = gflop_gap + 6.0 * (m_fc - m_gap) / 1e9
-        w = workloads["gap"]
-        workloads["fc4096"] = scaling.Workload("fc4096", batch, w.t_compute * gflop_fc / gflop_gap,
-                                               w.grad_bytes + 4.0 * (p_fc - p_gap),
-                                               "gap-head compute scaled by FLOPs (fc4096 not measured)")
-        if "gap" in overhead:  # async: the part beyond the sync step scales with the bytes moved
-            extra = max(overhead["gap"] - w.t_compute, 0.0)
-            ratio = (p_fc + rec["trainable_params"] - p_gap) / rec["trainable_params"]
-            overhead["fc4096"] = workloads["fc4096"].t_compute + extra * ratio
-        info["assumptions"].append("fc4096 on this machine is not measured: its step time is the gap head's "
-                                   "scaled by training FLOPs, its async PS/RPC time by gradient bytes.")
-    kappa = ceiling_kappa(df[(df["width"] == width) & (df["image_size"] == image_size)
-                             & (df["per_worker_batch"] == batch)], solo_ips)
-    if len(kappa) == 1:
-        info["assumptions"].append("no side-by-side ceiling runs: no compute contention between cores (kappa = 1).")
-    if bench:
-        alpha, bw = float(bench["alpha_s"]), float(bench["bw_Bps"])
-    else:
-        alpha, bw = 0.0, float("inf")
-        info["assumptions"].append("no allreduce microbenchmark (allreduce.json): communication taken as free.")
-    info["assumptions"] += [
-        f"one pinned core = one 'GPU'; nodes of {cores} cores; beyond one node, nodes joined at this machine's "
-        "own measured alpha and B (the local projection shows the method, not a real cluster).",
-        "kappa(p) beyond the largest measured p stays at its last measured value.",
-        "async: p workers + chief + PS share p cores; the 1-worker async update time (measured) holds the "
-        "chief's and PS's CPU work; its excess over the sync step is the PS service time of one update "
-        "(one shard serves one update at a time: saturation at p = S x t_update / excess).",
-    ]
-    info.update({"width": width, "image_size": image_size, "batch": batch, "kappa": kappa,
-                 "alpha": alpha, "bw": bw, "overhead": overhead,
-                 "t_compute": {h: w.t_compute for h, w in workloads.items()}})
-    prof = scaling.local_profile(alpha, bw, workloads, kappa, overhead, cores, assumptions=info["assumptions"])
-    return prof, info
-
-
-def validation_table(table: pd.DataFrame, profile: scaling.Profile | None, info: dict) -> pd.DataFrame:
-    cols = GROUP + ["num_workers", "n", "ips", "ips_se", "predicted", "rel_error", "calibration"]
-    if profile is None or table.empty:
-        return pd.DataFrame(columns=cols)
-    t = table[(table["width"] == info["width"]) & (table["image_size"] == info["image_size"])
-              & (table["per_worker_batch"] == info["batch"])].copy()
-    preds, calib = [], []
-    for _, r in t.iterrows():
-        try:
-            pred = profile.predict(r["mode"], r["head"], int(r["num_workers"]), max(int(r["num_ps"]), 1),
-                                   r["compression"]).images_per_sec
-        except scaling.ModelError:
-            pred = float("nan")
-        preds.append(pred)
-        # p = 1 points fix t_compute (sync) and the async overhead: exact by construction
-        calib.append(int(r["num_workers"]) == 1 and r["compression"] == "none"
-                     and (r["mode"] == "sync" or r["head"] in profile.async_update))
-    t["predicted"] = preds
-    t["rel_error"] = (t["predicted"] - t["ips"]) / t["ips"]
-    t["calibration"] = calib
-    return t[cols].reset_index(drop=True)
-
-
-# ------------------------------------------------------------------ projection
-def build_profiles(names: list[str], local: scaling.Profile | None) -> dict[str, scaling.Profile]:
-    out = {}
-    for name in names:
-        if name == "local":
-            if local is not None:
-                out[name] = local
-        else:
-            out[name] = scaling.cluster_profile(name)
-    return out
-
-
-def projection_table(profiles: dict[str, scaling.Profile], shards: int) -> pd.DataFrame:
-    rows = []
-    for name, prof in profiles.items():
-        for mode in ("sync", "async"):
-            for head in ("gap", "fc4096"):
-                if head not in prof.workloads or (mode == "async" and prof.name == "local"
-                                                  and head not in prof.async_update):
-                    continue
-                row = {"profile": name, "mode": mode, "head": head}
-                for p in scaling.PROJECTION_GPUS:
-                    row[p] = prof.speedup(mode, head, p, shards)
-                row["img/s @1"] = prof.predict(mode, head, 1, shards).images_per_sec
-                row["img/s @48"] = prof.predict(mode, head, 48, shards).images_per_sec
-                row["bound @48"] = prof.predict(mode, head, 48, shards).bound
-                if mode == "async":
-                    pr = prof.predict(mode, head, 1, shards)
-                    row["PS saturates at p"] = pr.saturation_workers
-                rows.append(row)
-    return pd.DataFrame(rows)
-
-
-# ------------------------------------------------------------------ plots
-def _log2_axis(ax, max_p: int = 48) -> None:
-    ax.set_xscale("log", base=2)
-    ticks = [p for p in scaling.PROJECTION_GPUS if p <= max_p]
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([str(t) for t in ticks])
-    ax.set_xlim(0.85, max_p * 1.2)
-    ax.grid(True, which="major", alpha=0.3)
-
-
-def _seed_point(ax, seed: dict) -> None:
-    ax.plot([seed["gpus"]], [seed["speedup"]], marker="*", markersize=16, color="crimson", linestyle="none",
-            label=f"seed study: >{seed['speedup']:.0f}x at {seed['gpus']} GPUs (2015)", zorder=5)
-
-
-def _main_groups(table: pd.DataFrame, info: dict | None) -> pd.DataFrame:
-    if info and "width" in info:
-        return table[(table["width"] == info["width"]) & (table["image_size"] == info["image_size"])
-                     & (table["per_worker_batch"] == info["batch"])]
-    return table
-
-
-def _group_label(r) -> str:
-    extra = ", fp16" if r["compression"] == "fp16" else ""
-    extra += f", {int(r['num_ps'])} PS" if r["mode"] == "async" else ""
-    return f"{r['mode']} {r['head']}{extra}"
-
-
-def plot_throughput(table, profiles, info, path) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    t = _main_groups(table, info)
-    for key, g in t.groupby(GROUP, dropna=False):
-        r = g.iloc[0]
-        ax.errorbar(g["num_workers"], g["ips"], yerr=g["ips_se"].fillna(0), fmt="o", capsize=4,
-                    color=CONV_COLORS.get((r["mode"], r["compression"]), MODE_COLORS.get(r["mode"])),
-                    label=f"measured {_group_label(r)} (mean ± SE)")
-    local = profiles.get("local")
-    ps = np.array(scaling.PROJECTION_GPUS)
-    if local is not None:
-        for mode in ("sync", "async"):
-            heads = [h for h in t[t["mode"] == mode]["head"].unique() if h in local.workloads]
-            for head in heads:
-                if mode == "async" and head not in local.async_update:
-                    continue
-                y = [local.predict(mode, head, int(p)).images_per_sec for p in ps]
-                ax.plot(ps, y, "-", color=MODE_COLORS[mode], alpha=0.8, label=f"model (local) {mode} {head}")
-        if "gap" in local.workloads:
-            one = local.predict("sync", "gap", 1).images_per_sec
-            ax.plot(ps, ps * one, color="gray", linestyle="--", linewidth=1, label="ideal (p x sync 1-worker)")
-    _log2_axis(ax)
-    ax.set_yscale("log")
-    ax.set_xlabel("workers (one pinned CPU core each; log2 scale)")
-    ax.set_ylabel("images/sec, all workers (log scale)")
-    ax.set_title("cnn11 throughput on this machine, measured and modeled to 48 workers")
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return fig
-
-
-def plot_speedup(table, profiles, info, seed, path, efficiency: bool = False) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    t = _main_groups(table, info)
-    col, se = ("efficiency", "efficiency_se") if efficiency else ("speedup", "speedup_se")
-    ps = np.array(scaling.PROJECTION_GPUS)
-    ax.plot(ps, np.ones_like(ps) if efficiency else ps, color="gray", linestyle="--", linewidth=1, label="ideal")
-    for name, prof in profiles.items():
-        for mode in ("sync", "async"):
-            if "gap" not in prof.workloads or (mode == "async" and name == "local" and "gap" not in prof.async_update):
-                continue
-            y = np.array([prof.speedup(mode, "gap", int(p)) for p in ps])
-            ax.plot(ps, y / ps if efficiency else y, PROFILE_STYLES.get(name, "-"), color=MODE_COLORS[mode],
-                    alpha=0.8, label=f"model {name}: {mode} gap")
-    for key, g in t.groupby(GROUP, dropna=False):
-        r = g.iloc[0]
-        g = g[g[col].notna()]
-        if g.empty:
-            continue
-        ax.errorbar(g["num_workers"], g[col], yerr=g[se].fillna(0), fmt="o", capsize=4, markersize=7,
-                    color=MODE_COLORS.get(r["mode"]), markeredgecolor="black",
-                    label=f"measured {_group_label(r)} (mean ± SE)")
-    _log2_axis(ax)
-    if efficiency:
-        top = max([1.15] + [v + 0.05 for v in (t["efficiency"] + t["efficiency_se"].fillna(0)).dropna()])
-        ax.set_ylim(0, top)
-        ax.set_ylabel("parallel efficiency (speedup / workers)")
-        ax.set_title("Efficiency: measured here and modeled to 48 GPUs")
-    else:
-        ax.set_yscale("log", base=2)
-        ax.set_yticks(list(scaling.PROJECTION_GPUS))
-        ax.set_yticklabels([str(v) for v in scaling.PROJECTION_GPUS])
-        low = min([0.85] + [v for v in (t["speedup"] - t["speedup_se"].fillna(0)).dropna() if v > 0])
-        ax.set_ylim(low * 0.9, 60)
-        _seed_point(ax, seed)
-        ax.set_ylabel("speedup over 1 worker (images/sec ratio, log2)")
-        ax.set_title("Speedup: measured here, modeled to 48 GPUs per profile")
-    ax.set_xlabel("workers / GPUs (log2 scale)")
-    ax.legend(fontsize=7.5, loc="lower left" if efficiency else "upper left", ncol=1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return fig
-
-
-def plot_projection(profiles, seed, shards, path) -> plt.Figure:
-    names = list(profiles)
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5.2 * max(1, len(names)), 4.8), squeeze=False)
-    ps = np.array(scaling.PROJECTION_GPUS)
-    for ax, name in zip(axes[0], names):
-        prof = profiles[name]
-        ax.plot(ps, ps, color="gray", linestyle="--", linewidth=1, label="ideal")
-        for mode in ("sync", "async"):
-            for head, style in (("gap", "-"), ("fc4096", "-.")):
-                if head not in prof.workloads or (mode == "async" and name == "local" and head not in prof.async_update):
-                    continue
-                y = [prof.speedup(mode, head, int(p), shards) for p in ps]
-                ax.plot(ps, y, style, marker=".", color=MODE_COLORS[mode], label=f"{mode} {head}")
-        _seed_point(ax, seed)
-        _log2_axis(ax)
-        ax.set_yscale("log", base=2)
-        low = min([0.85] + [min(l.get_ydata()) for l in ax.get_lines() if len(l.get_ydata())])
-        ticks = [v for v in (0.125, 0.25, 0.5) if v >= low * 0.9] + list(scaling.PROJECTION_GPUS)
-        ax.set_yticks(ticks)
-        ax.set_yticklabels([f"{v:g}" for v in ticks])
-        ax.set_ylim(low * 0.9, 60)
-        ax.set_title(f"{name} ({prof.per_node} per node)")
-        ax.set_xlabel("GPUs (log2)")
-        ax.set_ylabel("modeled speedup over 1 GPU")
-        ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"Projected speedup, both arms and heads (async: {shards} PS shard{'s' if shards > 1 else ''})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return fig
-
-
-def plot_staleness(df: pd.DataFrame, path: str) -> plt.Figure | None:
-    ok = df[(df["status"] == "ok") & (df["mode"] == "async") & (df["role"] == "main")]
-    hists = {}
-    for _, r in ok.iterrows():
-        h = ((r["_record"].get("staleness") or {}).get("histogram")) or {}
-        acc = hists.setdefault(int(r["num_workers"]), {})
-        for k, v in h.items():
-            acc[int(k)] = acc.get(int(k), 0) + int(v)
-    hists = {p: h for p, h in hists.items() if h}
-    if not hists:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    width = 0.8 / len(hists)
-    for i, (p, h) in enumerate(sorted(hists.items())):
-        ks = sorted(h)
-        total = sum(h.values())
-        mean = sum(k * v for k, v in h.items()) / total
-        ax.bar(np.array(ks) + (i - (len(hists) - 1) / 2) * width, [h[k] / total for k in ks], width=width,
-               label=f"{p} worker{'s' if p > 1 else ''}: measured mean {mean:.2f} "
-                     f"(model: mean {scaling.expected_staleness(p)} = p − 1)")
-    ax.set_xlabel("staleness of an applied gradient (updates by other workers since its read)")
-    ax.set_ylabel("fraction of updates")
-    ax.set_title("Async staleness histogram, all repeats pooled")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return fig
-
-
-def plot_accuracy_time(df: pd.DataFrame, path: str) -> plt.Figure | None:
-    ok = df[(df["status"] == "ok") & (df["role"] == "main")]
-    series = []
-    for _, r in ok.iterrows():
-        curve = r["_record"].get("curve") or []
-        key = "val_top1" if any("val_top1" in c for c in curve) else "top1"
-        pts = [(c["wall_s"], c[key]) for c in curve if key in c and "wall_s" in c]
-        if len(pts) >= 2:
-            series.append((r, key, pts))
-    if not series:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    seen = set()
-    for r, key, pts in series:
-        lab = f"{r['mode']} p={int(r['num_workers'])} ({key})"
-        ax.plot(*zip(*pts), marker="o", color=MODE_COLORS.get(r["mode"]),
-                alpha=0.4 + 0.3 * (int(r["num_workers"]) > 1), label=None if lab in seen else lab)
-        seen.add(lab)
-    ax.set_xlabel("wall-clock seconds since training start")
-    ax.set_ylabel("top-1 accuracy")
-    ax.set_title("Accuracy vs time")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return fig
-
-
-# ------------------------------------------------------------------ convergence (issue 6)
-CONV_KEY = ["mode", "num_workers", "compression"]
-CONV_COLORS = {("sync", "none"): "tab:blue", ("sync", "fp16"): "tab:green", ("async", "none"): "tab:orange"}
-CONV_STYLES = {1: "--", 2: "-"}
-
-
-def _conv_label(mode: str, p: int, compression: str) -> str:
-    return f"{mode} p={p}" + (", fp16" if compression == "fp16" else "")
-
-
-def convergence_runs(df: pd.DataFrame, target: float) -> pd.DataFrame:
-    """One row per ok main run whose curve holds held-out top-1 at >= 2 epochs: when it first reached
-    `target` (epoch, wall-clock s since training start, images processed), or reached=False; its best
-    and final accuracy. A run that never reaches the target stays in the table."""
-    rows = []
-    for _, r in df[(df["status"] == "ok") & (df["role"] == "main")].iterrows():
-        curve = [c for c in (r["_record"].get("curve") or []) if "val_top1" in c and "wall_s" in c]
-        if len(curve) < 2:
-            continue
-        hit = next((c for c in curve if c["val_top1"] >= target), None)
-        rows.append({"run_id": r["run_id"], "mode": r["mode"], "num_workers": int(r["num_workers"]),
-                     "compression": r["compression"], "seed": (r["_record"].get("config") or {}).get("seed"),
-                     "epochs": len(curve), "reached": hit is not None,
-                     "epoch": hit["epoch"] if hit else None, "time_s": hit["wall_s"] if hit else None,
-                     "images": hit["images"] if hit else None,
-                     "best": max(c["val_top1"] for c in curve), "final": curve[-1]["val_top1"],
-                     "total_s": curve[-1]["wall_s"], "images_per_sec": r["images_per_sec"],
-                     "curve": curve})
-    cols = ["run_id", "mode", "num_workers", "compression", "seed", "epochs", "reached", "epoch", "time_s",
-            "images", "best", "final", "total_s", "images_per_sec", "curve"]
-    out = pd.DataFrame(rows, columns=cols)
-    for col in ("time_s", "images", "epoch"):
-        out[col] = pd.to_numeric(out[col], errors="coerce")
-    return out.sort_values(CONV_KEY + ["seed", "run_id"]).reset_index(drop=True) if len(out) else out
-
-
-def convergence_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (mode, workers, compression): runs, how many reached the target, time- and images-to-target
-    mean, SD and range over the runs that reached it, images/sec mean."""
-    rows = []
-    for key, g in runs.groupby(CONV_KEY, sort=True):
-        hit = g[g["reached"]]
-        t, im = hit["time_s"], hit["images"]
-        rows.append({**dict(zip(CONV_KEY, key)), "n": len(g), "reached": len(hit),
-                     "time_mean": t.mean() if len(t) else float("nan"),
-                     "time_sd": t.std(ddof=1) if len(t) > 1 else float("nan"),
-                     "time_min": t.min() if len(t) else float("nan"), "time_max": t.max() if len(t) else float("nan"),
-                     "images_mean": im.mean() if len(im) else float("nan"),
-                     "images_sd": im.std(ddof=1) if len(im) > 1 else float("nan"),
-                     "images_min": im.min() if len(im) else float("nan"),
-                     "images_max": im.max() if len(im) else float("nan"),
-                     "epoch_mean": hit["epoch"].mean() if len(hit) else float("nan"),
-                     "best_mean": g["best"].mean(), "final_mean": g["final"].mean(),
-                     "ips_mean": pd.to_numeric(g["images_per_sec"], errors="coerce").mean()})
-    return pd.DataFrame(rows)
-
-
-def plot_accuracy_curves(runs: pd.DataFrame, target: float, path: str, x: str = "wall_s") -> plt.Figure | None:
-    """Held-out top-1 vs wall time (x='wall_s') or images (x='images'): per configuration the mean over
-    seeds at each epoch (line) and the seeds' min–max accuracy (band); the target as a dashed line."""
-    if runs.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for key, g in runs.groupby(CONV_KEY, sort=True):
-        mode, p, comp = key
-        n_ep = int(g["epochs"].min())
-        xs = np.array([[c[x] for c in curve[:n_ep]] for curve in g["curve"]], dtype=float)
-        ys = np.array([[c["val_top1"] for c in curve[:n_ep]] for curve in g["curve"]], dtype=float)
-        color = CONV_COLORS.get((mode, comp), "tab:gray")
-        ax.plot(xs.mean(axis=0), ys.mean(axis=0), CONV_STYLES.get(int(p), ":"), color=color, marker=".",
-                label=f"{_conv_label(mode, int(p), comp)} (mean of {len(g)} seed{'s' if len(g) > 1 else ''})")
-        ax.fill_between(xs.mean(axis=0), ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.15, linewidth=0)
-    ax.axhline(target, color="crimson", linestyle=":", linewidth=1.2, label=f"target {target:.0%} top-1")
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("held-out top-1 accuracy (evaluated every epoch)")
-    if x == "wall_s":
-        ax.set_xlabel("wall-clock seconds since training start (evaluation included)")
-        ax.set_title("Accuracy vs wall time (line: mean over seeds; band: seeds' min–max)")
-    else:
-        ax.set_xlabel("training images processed (all workers)")
-        ax.set_title("Accuracy vs images (line: mean over seeds; band: seeds' min–max)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return fig
-
-
-def _spread(mean, sd, lo, hi, spec=".1f") -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    return f"{_fmt(mean, spec)} ± {_fmt(sd, spec)} ({_fmt(lo, spec)}–{_fmt(hi, spec)})"
-
-
-def convergence_markdown(runs: pd.DataFrame, summary: pd.DataFrame, target: float, table: pd.DataFrame,
-                         profiles: dict, df: pd.DataFrame) -> list[str]:
-    md = ["", f"## Convergence: time and images to {target:.0%} held-out top-1", "",
-          "Every run evaluates the held-out split after every epoch; a run reaches the target at the first "
-          "epoch whose held-out top-1 is at or above it (so times are epoch-end times, evaluation included, "
-          "since training start; process start-up is not counted). Mean ± SD over the runs that reached it "
-          "(min–max in brackets); a run that never reached the target is counted in `reached` and listed below.",
-          "",
-          _md_table(["mode", "workers", "compression", "reached", "time to target (s)", "images to target",
-                     "epoch (mean)", "best top-1 (mean)", "final top-1 (mean)", "images/sec (mean)"],
-                    [[r["mode"], str(int(r["num_workers"])), r["compression"], f"{r['reached']}/{r['n']}",
-                      _spread(r["time_mean"], r["time_sd"], r["time_min"], r["time_max"]),
-                      _spread(r["images_mean"], r["images_sd"], r["images_min"], r["images_max"], ".0f"),
-                      _fmt(r["epoch_mean"]), _fmt(r["best_mean"], ".3f"), _fmt(r["final_mean"], ".3f"),
-                      _fmt(r["ips_mean"])] for _, r in summary.iterrows()]),
-          "", "Every run:", "",
-          _md_table(["run", "seed", "epochs", f"reached {target:.0%}", "epoch", "time (s)", "images", "best top-1",
-                     "final top-1"],
-                    [[r["run_id"], _fmt(r["seed"], ".0f"), str(r["epochs"]),
-                      "yes" if r["reached"] else "**never** (within the epoch budget)",
-                      _fmt(r["epoch"], ".0f"), _fmt(r["time_s"]), _fmt(r["images"], ".0f"),
-                      _fmt(r["best"], ".3f"), _fmt(r["final"], ".3f")] for _, r in runs.iterrows()])]
-    sync = summary[summary["mode"] == "sync"]
-    if {"none", "fp16"} <= set(sync["compression"]):
-        md += ["", "## fp16 gradient compression (sync arm)", "",
-               "Horovod's `hvd.Compression.fp16`: gradients cast to fp16 for the allreduce. Measured images/sec "
-               "(mean ± SE over seeds) and time to target (mean ± SD), without and with it; the scaling model's "
-               "prediction for the same point (local profile, n halved for fp16) next to it.", ""]
-        local = profiles.get("local")
-        bytes_by = df[(df["status"] == "ok") & (df["mode"] == "sync")].groupby("compression")["gradient_bytes"].max()
-        rows = []
-        for p in sorted(sync["num_workers"].unique()):
-            if set(sync[sync["num_workers"] == p]["compression"]) < {"none", "fp16"}:
-                continue  # e.g. no fp16 run at 1 worker (nothing goes on the wire there)
-            cells = [str(int(p))]
-            per = {}
-            for comp in ("none", "fp16"):
-                s = sync[(sync["num_workers"] == p) & (sync["compression"] == comp)]
-                t = table[(table["mode"] == "sync") & (table["num_workers"] == p) & (table["compression"] == comp)]
-                ips = t.iloc[0] if len(t) else None
-                per[comp] = (ips["ips"] if ips is not None else float("nan"),
-                             s.iloc[0]["time_mean"] if len(s) else float("nan"))
-                pred = float("nan")
-                if local is not None and "gap" in local.workloads:
-                    pred = local.predict("sync", "gap", int(p), 1, comp).images_per_sec
-                cells += [f"{_fmt(ips['ips'])} ± {_fmt(ips['ips_se'])}" if ips is not None else "–", _fmt(pred),
-                          _spread(s.iloc[0]["time_mean"], s.iloc[0]["time_sd"], s.iloc[0]["time_min"],
-                                  s.iloc[0]["time_max"]) if len(s) else "–"]
-            cells += [f"{per['fp16'][0] / per['none'][0]:.3f}" if per["none"][0] else "–",
-                      f"{per['fp16'][1] / per['none'][1]:.3f}" if per["none"][1] == per["none"][1] and per["none"][1] else "–"]
-            rows.append(cells)
-        md.append(_md_table(["workers", "img/s none", "model none", "time to target none (s)",
-                             "img/s fp16", "model fp16", "time to target fp16 (s)", "img/s ratio fp16/none",
-                             "time ratio fp16/none"], rows))
-        if len(bytes_by):
-            md += ["", "Gradient bytes on the wire per exchange (record `gradient_bytes`): "
-                   + ", ".join(f"{c}: {int(b):,}" for c, b in bytes_by.items()) + "."]
-        proj = []
-        for name, prof in profiles.items():
-            for head in ("gap", "fc4096"):
-                if head not in prof.workloads:
-                    continue
-                for p in (2, 48):
-                    pn, ph = prof.sync(head, p, "none"), prof.sync(head, p, "fp16")
-                    proj.append([name, head, str(p), f"{prof.workloads[head].grad_bytes / 1e6:.1f} / "
-                                 f"{prof.workloads[head].grad_bytes / 2e6:.1f}",
-                                 f"{pn.comm_s * 1e3:.2f} / {ph.comm_s * 1e3:.2f}",
-                                 f"{pn.step_s * 1e3:.1f} / {ph.step_s * 1e3:.1f}",
-                                 f"{prof.speedup('sync', head, p, 1, 'none'):.2f} / "
-                                 f"{prof.speedup('sync', head, p, 1, 'fp16'):.2f}"])
-        if proj:
-            md += ["", "The scaling model's fp16 variant (n halved) beside the fp32 one, sync arm (none / fp16). "
-                   "Where the allreduce hides behind the backward pass (overlap), halving n shortens the "
-                   "communication but not the step.", "",
-                   _md_table(["profile", "head", "GPUs", "n (MB)", "allreduce (ms)", "step (ms)", "speedup"], proj)]
-    return md
-
-
-# ------------------------------------------------------------------ markdown
-def _fmt(v, spec=".1f", na="–") -> str:
+# ------------------------------------------------------------------ markdown helpers
+def fmt(v, spec: str = ".1f", na: str = "–") -> str:
     try:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return na
@@ -646,211 +34,471 @@ def _fmt(v, spec=".1f", na="–") -> str:
         return str(v)
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
+def md_table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in row) + " |" for row in rows]
     return "\n".join(out)
 
 
-def _conditions(study_dir: str, df: pd.DataFrame, argv: list[str] | None) -> list[str]:
-    sweep = {}
+def _pm(v, se, spec: str = ".1f") -> str:
+    return f"{fmt(v, spec)} ± {fmt(se, spec)}"
+
+
+def _study_info(study_dir: str) -> dict:
     try:
-        with open(os.path.join(study_dir, "sweep.json"), encoding="utf-8") as f:
-            sweep = json.load(f)
+        with open(os.path.join(study_dir, "study.json"), encoding="utf-8") as f:
+            d = json.load(f)
+        return d if isinstance(d, dict) else {}
     except (OSError, ValueError):
-        pass
-    ok = df[df["status"] == "ok"]
-    versions = sorted({json.dumps(r.get("versions") or {}, sort_keys=True) for r in ok["_record"]})
-    shas = sorted({f"{(r.get('git_sha') or '?')[:10]}{' (dirty)' if r.get('git_dirty') else ''}" for r in ok["_record"]})
-    hosts = sorted({h for r in ok["_record"] for h in (r.get("hosts") or [])})
+        return {}
+
+
+def verdict_counts(rows: pd.DataFrame) -> str:
+    counts = rows["verdict"].value_counts()
+    return ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS)
+
+
+# ------------------------------------------------------------------ conditions
+def conditions(study_dir: str, df: pd.DataFrame, info: dict, command: str, notes: list[str]) -> list[str]:
+    recs = list(df["_record"])
+    versions = sorted({json.dumps(r.get("versions") or {}, sort_keys=True) for r in recs})
+    shas = df.groupby(["git_sha", "git_dirty"], dropna=False).size()
+    code = "; ".join(f"git {str(sha)[:10]} {'DIRTY' if dirty else 'clean'} ({n} records)" for (sha, dirty), n in shas.items())
+    mixed = len(shas) > 1 or bool(df["git_dirty"].fillna(True).any())
+    hosts = sorted(set(df["host"]) | {h for r in recs for h in (r.get("hosts") or [])})
     starts = sorted(s for s in df["started_at"].dropna())
+    cfgs = [r.get("config") or {} for r in recs if r.get("status") == "ok"]
+    ok = df[df["status"] == "ok"]
+    cores = info.get("cores") or []
     lines = [
-        f"- machine: {sweep.get('cpu', '?')}, {len(sweep.get('cores', [])) or os.cpu_count()} cores usable, "
-        f"host(s) {', '.join(hosts) or '?'}; {sweep.get('platform', platform.platform())}",
+        f"- machine: {info.get('cpu') or '(no study.json: ' + ', '.join(sorted({str(r.get('peak_source')) for r in recs if r.get('peak_source')}) or ['not recorded']) + ')'}"
+        + (f", {len(cores)} cores usable" if cores else "") + f"; record hosts: {', '.join(hosts) or '?'}"
+        + (f"; {info['platform']}" if info.get("platform") else ""),
+        f"- processes: intra-op threads {', '.join(sorted({fmt(v, '.0f') for v in ok['intra_op_threads']}))}; "
+        f"cores each process could run on: {', '.join(sorted(set(ok['cpu_affinity']))) or '?'}",
         f"- versions: {'; '.join(versions) or '?'}; report: pandas {pd.__version__}, matplotlib {matplotlib.__version__}",
-        f"- code: git {', '.join(shas) or '?'}",
+        f"- code: {code}" + (" — **the records mix commits or ran on a dirty checkout**" if mixed else ""),
         f"- runs from {starts[0] if starts else '?'} to {starts[-1] if starts else '?'}",
-        f"- sweep command: `{sweep.get('command', '?')}`",
-        f"- report command: `python -m compare {shlex.join(argv or ['report'])}`",
+        f"- host load during the study: {hostload.summary(hostload.load_path(study_dir), len(cores) or None)}",
+        f"- run command: `{info.get('command') or 'not recorded (no study.json: records collected from jobs)'}`",
+        f"- report command: `{command}`",
     ]
-    cfg = sweep.get("config") or {}
-    if cfg:
-        lines.append(f"- workload: cnn11 width {cfg.get('width')}, {cfg.get('dataset')} "
-                     f"{'/'.join(map(str, cfg.get('image_sizes', [])))} px, batch {cfg.get('per_worker_batch')} per worker, "
-                     + (f"{cfg.get('epochs')} epoch(s) x {cfg.get('steps_per_epoch')} steps, " if cfg.get('steps_per_epoch')
-                        else f"{cfg.get('epochs')} epoch(s) of one pass over the training set, ")
-                     + f"{'lr ' + str(cfg.get('lr')) + ' per worker (sync: x p), ' if cfg.get('lr') else ''}"
-                     f"{'repeat r = seed r, ' if cfg.get('seed_per_repeat') else ''}{cfg.get('warmup_steps')} warm-up steps "
-                     f"excluded, {cfg.get('intra_op_threads')} intra-op thread(s) and 2 inter-op threads per process; sync workers pinned one per core "
-                     f"(taskset); an async run's chief, PS and p workers share cores 0..p-1")
-    return lines
+    if cfgs:
+        c = cfgs[0]
+        lines.append(f"- workload: cnn11 width {c.get('width')}, {c.get('dataset')} {c.get('image_size')} px, batch "
+                     f"{c.get('per_worker_batch')} per worker, {c.get('epochs')} epoch(s) x "
+                     f"{c.get('steps_per_epoch') or 'one pass over the training set'} steps, "
+                     f"{c.get('warmup_steps')} warm-up steps excluded")
+    return lines + [f"- note: {n}" for n in notes]
 
 
-def _write_readme(out_dir: str, study_dir: str, df: pd.DataFrame) -> None:
-    """One line: what this directory holds, on which machine, when."""
-    sweep = {}
+# ------------------------------------------------------------------ measured
+def measured_section(df: pd.DataFrame, table: pd.DataFrame, calib: dict) -> list[str]:
+    md = ["## Measured: images/sec, speedup and efficiency", "",
+          "Mean over repeats ± standard error (SE of the mean over repeats; with one run, its own SE over "
+          "windows; speedup SE by the delta method); baseline = the 1-worker runs of the same group.", ""]
+    if table.empty:
+        return md + ["No usable (ok, main-role) runs."]
+    md.append(md_table(["mode", "head", "size", "batch/worker", "compression", "PS", "link", "workers", "n",
+                        "images/sec", "median", "speedup", "efficiency"],
+                       [[r["mode"], r["head"], fmt(r["image_size"], ".0f"), fmt(r["per_worker_batch"], ".0f"),
+                         r["compression"], fmt(r["num_ps"], ".0f") if r["mode"] == "async" else "–", r["link"] or "–",
+                         fmt(r["num_workers"], ".0f"), fmt(r["n"], ".0f"), _pm(r["ips"], r["ips_se"]),
+                         fmt(r["ips_median"]), _pm(r["speedup"], r["speedup_se"], ".3f"),
+                         _pm(r["efficiency"], r["efficiency_se"], ".3f")] for _, r in table.iterrows()]))
+    ceil = df[(df["status"] == "ok") & (df["role"] == "ceiling") & (df["link"] == "")]
+    if not ceil.empty and calib.get("kappa"):
+        md += ["", "The machine's own parallel ceiling (independent 1-worker runs side by side, one per core):"]
+        for p, k in sorted(calib["kappa"].items()):
+            per = ceil[ceil["copies"] == p]["images_per_sec"]
+            if p > 1 and len(per):
+                md.append(f"- {p} side by side: {_pm(per.mean(), mean_se(per))} img/s each (n={len(per)}), "
+                          f"total {fmt(p * per.mean())} img/s; contention factor kappa({p}) = {k:.3f}")
+    return md
+
+
+# ------------------------------------------------------------------ local model vs measurement
+def validation_table(table: pd.DataFrame, profile: scaling.Profile | None, calib: dict) -> pd.DataFrame:
+    cols = ["mode", "head", "compression", "num_ps", "num_workers", "n", "ips", "ips_se", "predicted",
+            "rel_error", "rel_se", "calibration", "verdict"]
+    if profile is None or table.empty:
+        return pd.DataFrame(columns=cols)
+    t = table[(table["width"] == calib["width"]) & (table["image_size"] == calib["image_size"])
+              & (table["per_worker_batch"] == calib["batch"]) & (table["link"] == "")].copy()
+    preds, cal = [], []
+    for _, r in t.iterrows():
+        try:
+            preds.append(profile.predict(r["mode"], r["head"], int(r["num_workers"]), max(int(r["num_ps"]), 1),
+                                         r["compression"]).images_per_sec)
+        except scaling.ModelError:
+            preds.append(float("nan"))
+        # p = 1 points fix t_compute (sync) and the async update time: exact by construction
+        cal.append(int(r["num_workers"]) == 1 and r["compression"] == "none"
+                   and (r["mode"] == "sync" or r["head"] in profile.async_update))
+    t["predicted"] = preds
+    t["rel_error"] = (t["predicted"] - t["ips"]) / t["ips"]
+    t["rel_se"] = t["ips_se"] / t["ips"]
+    t["calibration"] = cal
+    t["verdict"] = [("calibration point" if c else verdict(e, s)) for e, s, c in zip(t["rel_error"], t["rel_se"], cal)]
+    return t[cols].reset_index(drop=True)
+
+
+def local_model_section(profile, calib: dict, val: pd.DataFrame) -> list[str]:
+    md = ["## Model vs measurement (local profile)", ""]
+    if profile is None:
+        return md + [f"**{calib.get('missing')}.** The model is not compared with this study's runs."]
+    md += ["Inputs, all measured in this study: " + ", ".join(
+        [f"t_compute[{h}] = {t * 1e3:.1f} ms/step" for h, t in calib["t_compute"].items()]
+        + [f"kappa = {{{', '.join(f'{p}: {k:.3f}' for p, k in sorted(calib['kappa'].items()))}}}",
+           f"alpha = {calib['alpha'] * 1e6:.0f} us, B = {calib['bw'] / 1e9:.2f} GB/s (allreduce.json)"]
+        + [f"async 1-worker update[{h}] = {o * 1e3:.1f} ms" for h, o in calib["overhead"].items()]) + ".", "",
+           f"Verdicts (one rule in every report; goal {GOAL:.0%}): *within the goal* when |error| ≤ {GOAL:.0%} and "
+           f"the point's SE ≤ {GOAL:.0%}; *consistent within noise* when |error| ≤ 2 SE but SE > {GOAL:.0%}; "
+           "otherwise *misses*.", ""]
+    if val.empty:
+        return md + ["No measured point to compare."]
+    md.append(md_table(["mode", "head", "compression", "workers", "n", "measured img/s", "SE %", "predicted img/s",
+                        "error", "verdict"],
+                       [[r["mode"], r["head"], r["compression"], fmt(r["num_workers"], ".0f"), fmt(r["n"], ".0f"),
+                         _pm(r["ips"], r["ips_se"]), fmt(r["rel_se"] * 100), fmt(r["predicted"]),
+                         f"{r['rel_error'] * 100:+.1f}%" if pd.notna(r["rel_error"]) else "–", r["verdict"]]
+                        for _, r in val.iterrows()]))
+    test = val[~val["calibration"]]
+    if test.empty:
+        return md + ["", "Only calibration points were measured: the model is not tested by this study."]
+    worst = test.loc[test["rel_error"].abs().idxmax()] if test["rel_error"].notna().any() else test.iloc[0]
+    md += ["", f"Points the model was not calibrated on: {len(test)} ({verdict_counts(test)}). Largest error: "
+               f"{fmt(worst['rel_error'] * 100, '+.1f')}% ({worst['mode']} {worst['head']} {worst['compression']}, "
+               f"{int(worst['num_workers'])} workers, SE {fmt(worst['rel_se'] * 100)}%): {worst['verdict']}."]
+    return md
+
+
+# ------------------------------------------------------------------ projection
+def projection_section(profs: dict, shards: int, seed: dict) -> list[str]:
+    md = ["## Projection to 48 GPUs", "",
+          f"Modeled speedup over one GPU of the same profile (async: {shards} PS shard{'s' if shards > 1 else ''}); "
+          "in brackets the band from varying each assumed input one at a time: "
+          f"{scaling.describe_ranges()} (x: factor on the profile's value).", ""]
+    rows = []
+    for name, prof in profs.items():
+        for mode in ("sync", "async"):
+            for head in ("gap", "fc4096"):
+                if head not in prof.workloads or (mode == "async" and name == "local" and head not in prof.async_update):
+                    continue
+                lo, hi = scaling.speedup_band(prof, mode, head, scaling.PROJECTION_GPUS, shards)
+                cells = [f"{prof.speedup(mode, head, p, shards):.2f} ({lo[i]:.2f}–{hi[i]:.2f})" if p in (2, 8, 48)
+                         else f"{prof.speedup(mode, head, p, shards):.2f}" for i, p in enumerate(scaling.PROJECTION_GPUS)]
+                pr = prof.predict(mode, head, 48, shards)
+                sat = prof.predict(mode, head, 1, shards).saturation_workers if mode == "async" else None
+                rows.append([name, mode, head, *cells, pr.bound, fmt(sat, ".1f")])
+    if rows:
+        md.append(md_table(["profile", "mode", "head", *map(str, scaling.PROJECTION_GPUS), "bound @48",
+                            "PS saturates at p"], rows))
+    md += ["", f"Seed study for comparison: {seed['text']} — a lower bound (drawn as ▲ with an arrow up).", "",
+           "Assumptions and sources:", "",
+           "- sync: t = t_compute + t_comm − min(t_comm, overlap × 2/3 × t_compute); hierarchical ring "
+           "(2(g−1)α + 2(g−1)/g·n/B within a node, then the same over nodes through one NIC a node); fp16 halves n.",
+           "- async: updates/s = min(p / (t_compute + push/pull), S·B_ps / 2n); expected staleness p − 1."]
+    for name, prof in profs.items():
+        md.append(f"- **{name}**: {prof.description}.")
+        md += [f"  - {k}: {v}" for k, v in prof.sources.items()]
+        md += [f"  - workload {w.head}: {w.t_compute * 1e3:.1f} ms/step at batch {w.batch}, gradient "
+               f"{w.grad_bytes / 1e6:.1f} MB fp32 ({w.source})" for w in prof.workloads.values()]
+        md += [f"  - {a}" for a in prof.assumptions]
+    return md
+
+
+# ------------------------------------------------------------------ emulated cluster
+def emulated_validation(df: pd.DataFrame, benches: dict) -> tuple[pd.DataFrame, dict, dict]:
+    """Predicted vs measured per (link, run kind); per-run points; the inputs per link."""
+    ok = df[(df["status"] == "ok") & df["images_per_sec"].notna() & (df["link"] != "")]
+    if ok.empty:
+        return pd.DataFrame(), {}, {"inputs": {}, "links": [], "missing": []}
+    kinds = ok.apply(calibration.emulated_kind, axis=1)
+    batch = int(ok["per_worker_batch"].iloc[0])
+    n = float(ok["gradient_bytes"].dropna().iloc[0]) if ok["gradient_bytes"].notna().any() else float("nan")
+    links = sorted(ok["link"].unique(), key=scaling.rate_bps, reverse=True)
+    inputs, rows, points, missing = {}, [], {}, []
+    for link in links:
+        inp = calibration.link_inputs(df, benches, link, batch)
+        for kind in ("sync-1n", "sync-2n", "async-1n", "async-2n"):
+            g = ok[(ok["link"] == link) & (kinds == kind)]
+            if g.empty:
+                continue
+            points[(link, kind)] = list(g["images_per_sec"])
+            mode, p = kind.split("-")[0], int(kind.split("-")[1][0])
+            mean = float(g["images_per_sec"].mean())
+            se = mean_se(g["images_per_sec"], g["images_per_sec_se"]) / mean
+            pred = scaling.emulated_predict(mode, p, inp, batch, n) if inp else float("nan")
+            err = (pred - mean) / mean
+            cal = p == 1
+            rows.append({"link": link, "run": kind, "n": len(g), "mean": mean, "se": se * mean, "rel_se": se,
+                         "predicted": pred, "rel_error": err, "calibration": cal,
+                         "verdict": "calibration point" if cal and inp else
+                         (verdict(err, se) if inp else calibration.NO_BENCH + " for this link")})
+        if inp:
+            inputs[link] = inp
+        else:
+            missing.append(link)
+    return pd.DataFrame(rows), points, {"inputs": inputs, "links": links, "missing": missing, "batch": batch, "n": n}
+
+
+def emulated_section(df: pd.DataFrame, val: pd.DataFrame, info: dict, benches: dict) -> list[str]:
+    n, batch = info.get("n", float("nan")), info.get("batch")
+    md = ["## Emulated cluster: model inputs per link rate (all measured in this study)", "",
+          f"n = {fmt(n / 1e6, '.2f')} MB of fp32 gradients (the records' gradient_bytes), batch {batch} per worker.", ""]
+    if info["inputs"]:
+        md.append(md_table(["link", "tc rate (MB/s)", "alpha (ms)", "B (MB/s)", "B / rate", "t1s sync step (ms)",
+                            "t1a async update (ms)", "kappa(2)", "allreduce(n) model (ms)", "bench runs",
+                            "bench exchange of n (ms) / n at the tc rate (ms)"],
+                           [[link, fmt(scaling.rate_bps(link) / 8e6, ".0f"), fmt(i["alpha"] * 1e3, ".2f"),
+                             fmt(i["bw"] / 1e6, ".0f"), fmt(i["bw"] * 8 / scaling.rate_bps(link), ".2f"),
+                             fmt(i["t1s"] * 1e3, ".0f") + f" (n={i['n_s1']})", fmt(i["t1a"] * 1e3, ".0f") + f" (n={i['n_a1']})",
+                             fmt(i["kappa"], ".3f") + f" (n={i['n_ceil']})",
+                             fmt(scaling.ring_time(n, 2, i["alpha"], i["bw"]) * 1e3, ".0f"), str(i["bench_reps"]),
+                             f"{fmt(i['bench_times'][-1] * 1e3, '.0f')} / {fmt(n / (scaling.rate_bps(link) / 8) * 1e3, '.0f')}"]
+                            for link, i in info["inputs"].items()]))
+    for link in info["missing"]:
+        md.append(f"- {link}: **{calibration.NO_BENCH}** (or no 1-node run) at this link rate: no prediction.")
+    md += ["", "## Emulated cluster: predicted vs measured, every point", "",
+           "Measured = mean ± SE over repeats (one run: its own SE over windows); 1-node points calibrate the "
+           "model (t1s, t1a) and are exact by construction; 2-node points test it. Verdicts by the rule above "
+           f"(goal {GOAL:.0%}).", ""]
+    if not val.empty:
+        md.append(md_table(["link", "run", "n", "measured img/s", "SE %", "predicted img/s", "error", "verdict"],
+                           [[r["link"], r["run"], str(r["n"]), _pm(r["mean"], r["se"]), fmt(r["rel_se"] * 100),
+                             fmt(r["predicted"]), fmt(r["rel_error"] * 100, "+.1f") + ("%" if pd.notna(r["rel_error"]) else ""),
+                             r["verdict"]] for _, r in val.iterrows()]))
+        test = val[~val["calibration"] & val["rel_error"].notna()]
+        if len(test):
+            md += ["", f"2-node points: {len(test)} ({verdict_counts(test)})."]
+            for link in info["links"]:
+                t = test[test["link"] == link]
+                if len(t):
+                    w = t.loc[t["rel_error"].abs().idxmax()]
+                    md.append(f"- {link}: largest error {w['rel_error'] * 100:+.1f}% ({w['run']}, SE "
+                              f"{w['rel_se'] * 100:.1f}%): {w['verdict']}")
+    when = []
+    ok = df[(df["status"] == "ok") & (df["link"] != "")]
+    for link in info["links"]:
+        starts = sorted(str(s)[11:16] for s in ok[ok["link"] == link]["started_at"])
+        bench_at = sorted(str(b.get("measured_at", ""))[11:16] for b in benches.get(link.lower(), []))
+        when.append(f"- {link}: runs started {', '.join(dict.fromkeys(starts))}; bench {', '.join(bench_at) or 'none'} (UTC)")
+    return md + ["", "When each input was measured (the model pairs inputs and 2-node points of the same link rate):",
+                 "", *when]
+
+
+# ------------------------------------------------------------------ convergence (issue 6)
+def convergence_runs(df: pd.DataFrame, target: float) -> pd.DataFrame:
+    """One row per ok main run whose curve holds held-out top-1 at >= 2 epochs: when it first reached
+    `target` (epoch, wall-clock s since training start, images), or reached=False; best and final accuracy."""
+    rows = []
+    for _, r in df[(df["status"] == "ok") & (df["role"] == "main")].iterrows():
+        curve = [c for c in (r["_record"].get("curve") or []) if "val_top1" in c and "wall_s" in c]
+        if len(curve) < 2:
+            continue
+        hit = next((c for c in curve if c["val_top1"] >= target), None)
+        rows.append({"run_id": r["run_id"], "mode": r["mode"], "num_workers": int(r["num_workers"]),
+                     "compression": r["compression"], "seed": (r["_record"].get("config") or {}).get("seed"),
+                     "epochs": len(curve), "reached": hit is not None, "epoch": hit["epoch"] if hit else None,
+                     "time_s": hit["wall_s"] if hit else None, "images": hit["images"] if hit else None,
+                     "best": max(c["val_top1"] for c in curve), "final": curve[-1]["val_top1"],
+                     "total_s": curve[-1]["wall_s"], "images_per_sec": r["images_per_sec"], "curve": curve})
+    cols = ["run_id", "mode", "num_workers", "compression", "seed", "epochs", "reached", "epoch", "time_s",
+            "images", "best", "final", "total_s", "images_per_sec", "curve"]
+    out = pd.DataFrame(rows, columns=cols)
+    for col in ("time_s", "images", "epoch"):
+        out[col] = pd.to_numeric(out[col], errors="coerce")
+    return out.sort_values(plots.CONV_KEY + ["seed", "run_id"]).reset_index(drop=True) if len(out) else out
+
+
+def _stats(s: pd.Series) -> tuple[float, float, float, float]:
+    return (s.mean() if len(s) else math.nan, s.std(ddof=1) if len(s) > 1 else math.nan,
+            s.min() if len(s) else math.nan, s.max() if len(s) else math.nan)
+
+
+def convergence_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for key, g in runs.groupby(plots.CONV_KEY, sort=True):
+        hit = g[g["reached"]]
+        t, im = _stats(hit["time_s"]), _stats(hit["images"])
+        rows.append({**dict(zip(plots.CONV_KEY, key)), "n": len(g), "reached": len(hit),
+                     **dict(zip(("time_mean", "time_sd", "time_min", "time_max"), t)),
+                     **dict(zip(("images_mean", "images_sd", "images_min", "images_max"), im)),
+                     "epoch_mean": hit["epoch"].mean() if len(hit) else math.nan,
+                     "best_mean": g["best"].mean(), "final_mean": g["final"].mean(),
+                     "ips_mean": pd.to_numeric(g["images_per_sec"], errors="coerce").mean()})
+    return pd.DataFrame(rows)
+
+
+def _spread(mean, sd, lo, hi, spec=".1f") -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{fmt(mean, spec)} ± {fmt(sd, spec)} ({fmt(lo, spec)}–{fmt(hi, spec)})"
+
+
+def convergence_section(runs: pd.DataFrame, summary: pd.DataFrame, target: float, table: pd.DataFrame,
+                        val: pd.DataFrame, df: pd.DataFrame) -> list[str]:
+    md = ["## Convergence: time and images to " f"{target:.0%} held-out top-1", "",
+          "Every run evaluates the held-out split after every epoch; a run reaches the target at the first epoch "
+          "whose held-out top-1 is at or above it (epoch-end times, evaluation included, since training start). "
+          "Mean ± SD over the runs that reached it (min–max in brackets); a run that never reached it is counted "
+          "in `reached` and listed below.", "",
+          md_table(["mode", "workers", "compression", "reached", "time to target (s)", "images to target",
+                    "epoch (mean)", "best top-1 (mean)", "final top-1 (mean)", "images/sec (mean)"],
+                   [[r["mode"], str(int(r["num_workers"])), r["compression"], f"{r['reached']}/{r['n']}",
+                     _spread(r["time_mean"], r["time_sd"], r["time_min"], r["time_max"]),
+                     _spread(r["images_mean"], r["images_sd"], r["images_min"], r["images_max"], ".0f"),
+                     fmt(r["epoch_mean"]), fmt(r["best_mean"], ".3f"), fmt(r["final_mean"], ".3f"),
+                     fmt(r["ips_mean"])] for _, r in summary.iterrows()]),
+          "", "Every run:", "",
+          md_table(["run", "seed", "epochs", f"reached {target:.0%}", "epoch", "time (s)", "images", "best top-1",
+                    "final top-1"],
+                   [[r["run_id"], fmt(r["seed"], ".0f"), str(r["epochs"]),
+                     "yes" if r["reached"] else "**never** (within the epoch budget)", fmt(r["epoch"], ".0f"),
+                     fmt(r["time_s"]), fmt(r["images"], ".0f"), fmt(r["best"], ".3f"), fmt(r["final"], ".3f")]
+                    for _, r in runs.iterrows()])]
+    sync = table[(table["mode"] == "sync") & (table["link"] == "")]
+    both = [p for p in sorted(sync["num_workers"].unique())
+            if {"none", "fp16"} <= set(sync[sync["num_workers"] == p]["compression"])]
+    if both:
+        md += ["", "## fp16 gradient compression (sync arm)", "",
+               "Horovod's `hvd.Compression.fp16`: gradients cast to fp16 for the allreduce. Measured images/sec "
+               "(mean ± SE) and time to target (mean ± SD) without and with it; the local model's prediction "
+               "(n halved for fp16) with the verdict of the rule above.", ""]
+        rows = []
+        for p in both:
+            for comp in ("none", "fp16"):
+                m = sync[(sync["num_workers"] == p) & (sync["compression"] == comp)].iloc[0]
+                s = summary[(summary["mode"] == "sync") & (summary["num_workers"] == p) & (summary["compression"] == comp)]
+                v = val[(val["mode"] == "sync") & (val["num_workers"] == p) & (val["compression"] == comp)] \
+                    if not val.empty else val
+                rows.append([str(int(p)), comp, _pm(m["ips"], m["ips_se"]),
+                             _spread(*s.iloc[0][["time_mean", "time_sd", "time_min", "time_max"]]) if len(s) else "–",
+                             fmt(v.iloc[0]["predicted"]) if len(v) else "–",
+                             (fmt(v.iloc[0]["rel_error"] * 100, "+.1f") + "%") if len(v) else "–",
+                             v.iloc[0]["verdict"] if len(v) else calibration.NO_BENCH])
+        md.append(md_table(["workers", "compression", "measured img/s", "time to target (s)", "model img/s",
+                            "error", "verdict"], rows))
+        by = df[(df["status"] == "ok") & (df["mode"] == "sync")].groupby("compression")["gradient_bytes"].max()
+        if len(by):
+            md += ["", "Gradient bytes on the wire per exchange (record `gradient_bytes`): "
+                   + ", ".join(f"{c}: {int(b):,}" for c, b in by.items() if b == b) + "."]
+    return md
+
+
+# ------------------------------------------------------------------ reference beside
+def reference_section(study_dir: str, table: pd.DataFrame) -> list[str]:
+    name = os.path.basename(os.path.normpath(study_dir))
+    ref_dir = os.path.join(os.path.dirname(os.path.normpath(study_dir)), "reference", name)
+    if os.path.abspath(ref_dir) == os.path.abspath(study_dir) or not os.path.isdir(ref_dir):
+        return []
     try:
-        with open(os.path.join(study_dir, "sweep.json"), encoding="utf-8") as f:
-            sweep = json.load(f)
-    except (OSError, ValueError):
-        pass
-    days = sorted({str(s)[:10] for s in df["started_at"].dropna()})
-    hosts = sorted({h for r in df["_record"] for h in (r.get("hosts") or [])})
-    line = (f"Study `{os.path.basename(os.path.normpath(study_dir))}`: {int((df['status'] == 'ok').sum())} runs on "
-            f"{sweep.get('cpu', '?')} ({len(sweep.get('cores', [])) or '?'} cores, host {', '.join(hosts) or '?'}), "
-            f"{' to '.join(dict.fromkeys([days[0], days[-1]])) if days else '?'}; made by `{sweep.get('command', 'python -m compare run')}` "
-            f"then `python -m compare report`; see report.md.\n")
-    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(line)
+        ref = load(ref_dir)
+    except FrameError as e:
+        return ["## Beside the reference study", "", f"results/reference/{name}: {e}."]
+    rt = speedup_table(ref.df)
+    key = ["mode", "head", "compression", "link", "num_workers"]
+    both = table.merge(rt, on=key, how="outer", suffixes=("", "_ref"))
+    shas = sorted({str(s)[:10] for s in ref.df["git_sha"]})
+    hosts = sorted(set(ref.df["host"]))
+    days = sorted({str(s)[:10] for s in ref.df["started_at"]})
+    md = ["## Beside the reference study", "",
+          f"Reference: `{ref_dir}` (hosts {', '.join(hosts)}, git {', '.join(shas)}, {' to '.join(dict.fromkeys([days[0], days[-1]]))}; "
+          f"its own report: {os.path.join(ref_dir, 'report.md')}). Same configuration, this study's runs against its runs.", "",
+          md_table(["mode", "head", "compression", "link", "workers", "this study img/s (n)", "reference img/s (n)",
+                    "this speedup", "reference speedup"],
+                   [[r["mode"], r["head"], r["compression"], r["link"] or "–", fmt(r["num_workers"], ".0f"),
+                     f"{_pm(r['ips'], r['ips_se'])} ({fmt(r['n'], '.0f')})",
+                     f"{_pm(r['ips_ref'], r['ips_se_ref'])} ({fmt(r['n_ref'], '.0f')})",
+                     _pm(r["speedup"], r["speedup_se"], ".3f"), _pm(r["speedup_ref"], r["speedup_se_ref"], ".3f")]
+                    for _, r in both.sort_values(key).iterrows()])]
+    return md
 
 
-def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: int = 1,
-                 out_dir: str | None = None, argv: list[str] | None = None, target: float = 0.90,
+# ------------------------------------------------------------------ the report
+def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: int = 1, out_dir: str | None = None,
+                 command: str = "python -m compare report", target: float = 0.90,
                  notes: list[str] | None = None) -> str:
-    """Write report.md and PNGs into out_dir (default study_dir); returns the report path."""
+    """Write report.md and PNGs into out_dir (default study_dir); returns the report path. FrameError: nothing written."""
     profiles = list(profiles or scaling.PROFILE_NAMES)
     scaling.check_profile_names(profiles)
-    df, torn = load_runs(os.path.join(study_dir, "runs.jsonl"))
+    frame = load(study_dir)
+    df = frame.df
+    info = _study_info(study_dir)
     out_dir = out_dir or study_dir
     os.makedirs(out_dir, exist_ok=True)
-    data = scaling.load_profile_data()
-    seed = data["seed_claim"]
+    seed = scaling.load_profile_data()["seed_claim"]
     table = speedup_table(df)
-    bench = load_bench(study_dir)
-    cores = 2
-    try:
-        with open(os.path.join(study_dir, "sweep.json"), encoding="utf-8") as f:
-            cores = len(json.load(f).get("cores") or []) or cores
-    except (OSError, ValueError):
-        pass
-    local, info = calibrate(df, table, bench, cores)
-    info["bench"] = bench
-    profs = build_profiles(profiles, local)
-    val = validation_table(table, local, info)
+    cores = len(info.get("cores") or []) or 2
+    local, calib = calibration.calibrate_local(df, table, calibration.load_bench(study_dir), cores)
+    val = validation_table(table, local, calib)
+    profs = {n: (local if n == "local" else scaling.cluster_profile(n)) for n in profiles if n != "local" or local}
+    benches = calibration.load_link_benches(study_dir)
+    eval_, points, einfo = emulated_validation(df, benches)
 
-    figs = {}
-    figs["images_per_sec.png"] = plot_throughput(table, profs, info, os.path.join(out_dir, "images_per_sec.png"))
-    figs["speedup.png"] = plot_speedup(table, profs, info, seed, os.path.join(out_dir, "speedup.png"))
-    figs["efficiency.png"] = plot_speedup(table, profs, info, seed, os.path.join(out_dir, "efficiency.png"), efficiency=True)
-    figs["projection.png"] = plot_projection(profs, seed, ps_shards, os.path.join(out_dir, "projection.png"))
-    st = plot_staleness(df, os.path.join(out_dir, "staleness.png"))
-    if st is not None:
-        figs["staleness.png"] = st
+    figs: dict[str, plt.Figure | None] = {}
+    if (table["link"] == "").any():
+        figs["measured.png"] = plots.plot_measured(df, table, local, os.path.join(out_dir, "measured.png"))
+    if profs:
+        figs["projection.png"] = plots.plot_projection(profs, seed, ps_shards, os.path.join(out_dir, "projection.png"))
+    figs["staleness.png"] = plots.plot_staleness(df, os.path.join(out_dir, "staleness.png"))
     conv = convergence_runs(df, target)
-    if not conv.empty:  # per-epoch held-out curves: mean and spread over seeds, vs time and vs images
-        figs["accuracy_vs_time.png"] = plot_accuracy_curves(conv, target, os.path.join(out_dir, "accuracy_vs_time.png"))
-        figs["accuracy_vs_images.png"] = plot_accuracy_curves(conv, target, os.path.join(out_dir, "accuracy_vs_images.png"),
-                                                              x="images")
-    else:
-        acc = plot_accuracy_time(df, os.path.join(out_dir, "accuracy_time.png"))
-        if acc is not None:
-            figs["accuracy_time.png"] = acc
+    if not conv.empty:
+        for x, name in (("wall_s", "accuracy_vs_time.png"), ("images", "accuracy_vs_images.png")):
+            figs[name] = plots.plot_accuracy_curves(conv, target, os.path.join(out_dir, name), x=x)
+    if not eval_.empty:
+        figs["emulated_validation.png"] = plots.plot_emulated_validation(
+            eval_, points, einfo["links"], os.path.join(out_dir, "emulated_validation.png"))
+    if einfo["inputs"]:
+        figs["emulated_allreduce.png"] = plots.plot_emulated_allreduce(
+            einfo["inputs"], einfo["n"], os.path.join(out_dir, "emulated_allreduce.png"))
+        figs["emulated_projection.png"] = plots.plot_emulated_projection(
+            einfo["inputs"], einfo["n"], einfo["batch"], seed, os.path.join(out_dir, "emulated_projection.png"))
+    figs = {k: v for k, v in figs.items() if v is not None}
     for fig in figs.values():
         plt.close(fig)
 
-    md = [f"# Scaling study `{os.path.basename(os.path.normpath(study_dir))}`: sync ring-allreduce vs async parameter servers",
-          "", f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `compare report`.", "",
-          "## Conditions", "", *_conditions(study_dir, df, argv), *[f"- note: {n}" for n in notes or []], ""]
-    n_ok = int((df["status"] == "ok").sum())
+    name = os.path.basename(os.path.normpath(study_dir))
     fails = failed_runs(df)
-    md += ["## Runs", "",
-           f"{len(df)} records: {n_ok} ok ({int(((df['status'] == 'ok') & (df['role'] == 'ceiling')).sum())} of them "
-           f"side-by-side ceiling runs), {len(fails)} failed (listed, excluded from the statistics)."]
-    if torn:
-        md.append(f"Torn or invalid lines skipped: {', '.join(map(str, torn))}.")
+    n_ok = int((df["status"] == "ok").sum())
+    md = [f"# Scaling study `{name}`: sync ring-allreduce vs async parameter servers", "",
+          f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `compare report`"
+          + (f" ({info['cluster']} backend)" if info.get("cluster") else "") + ".", "",
+          "## Conditions", "", *conditions(study_dir, df, info, command, notes or []), "",
+          "## Runs", "",
+          f"{len(df)} valid records: {n_ok} ok ({int(((df['status'] == 'ok') & (df['role'] == 'ceiling')).sum())} of "
+          f"them side-by-side ceiling runs), {len(fails)} failed (listed, excluded from the statistics); "
+          f"{frame.rejected} line(s) rejected (torn, or lacking the schema's required fields)."]
     if len(fails):
-        md += ["", _md_table(["run", "mode", "workers", "head", "error"],
-                             [[r.run_id, r.mode, _fmt(r.num_workers, ".0f"), r.head, (str(r.error) or "")[:200]]
-                              for r in fails.itertuples()])]
-    md += ["", "## Measured: images/sec, speedup and efficiency", "",
-           "Mean over repeats ± standard error (SE of the mean over repeats; speedup SE by the delta method); "
-           "baseline = the 1-worker runs of the same group.", ""]
-    md.append(_md_table(["mode", "head", "size", "batch/worker", "compression", "PS", "workers", "n",
-                         "images/sec", "median", "speedup", "efficiency"],
-                        [[r["mode"], r["head"], _fmt(r["image_size"], ".0f"), _fmt(r["per_worker_batch"], ".0f"),
-                          r["compression"], _fmt(r["num_ps"], ".0f") if r["mode"] == "async" else "–",
-                          _fmt(r["num_workers"], ".0f"), _fmt(r["n"], ".0f"),
-                          f"{_fmt(r['ips'])} ± {_fmt(r['ips_se'])}", _fmt(r["ips_median"]),
-                          f"{_fmt(r['speedup'], '.3f')} ± {_fmt(r['speedup_se'], '.3f')}",
-                          f"{_fmt(r['efficiency'], '.3f')} ± {_fmt(r['efficiency_se'], '.3f')}"]
-                         for _, r in table.iterrows()]) if not table.empty else "No usable runs.")
-    ceil = df[(df["status"] == "ok") & (df["role"] == "ceiling")]
-    if not ceil.empty and "kappa" in info:
-        md += ["", "The machine's own parallel ceiling (independent 1-worker runs side by side, one per core):"]
-        for p, k in sorted(info["kappa"].items()):
-            if p > 1:
-                per = ceil[ceil["copies"] == p]["images_per_sec"]
-                md.append(f"- {p} side by side: {_fmt(per.mean())} ± {_fmt(per.std(ddof=1) / math.sqrt(len(per)) if len(per) > 1 else float('nan'))} "
-                          f"img/s each (n={len(per)}), total {_fmt(p * per.mean())} img/s; "
-                          f"contention factor kappa({p}) = {k:.3f}")
-
-    md += ["", "## Model vs measurement (local profile)", ""]
-    if local is None:
-        md.append(f"Not validated: {info.get('missing')}.")
-    else:
-        md += ["Inputs, all measured in this study: " + ", ".join(
-                   [f"t_compute[{h}] = {t * 1e3:.1f} ms/step" for h, t in info["t_compute"].items()]
-                   + [f"kappa = {{{', '.join(f'{p}: {k:.3f}' for p, k in sorted(info['kappa'].items()))}}}",
-                      f"alpha = {info['alpha'] * 1e6:.0f} us, B = {info['bw'] / 1e9:.2f} GB/s (Gloo allreduce np=2)"]
-                   + [f"async 1-worker update[{h}] = {o * 1e3:.1f} ms" for h, o in info["overhead"].items()]) + ".", ""]
-        if not val.empty:
-            md.append(_md_table(["mode", "head", "compression", "workers", "n", "measured img/s", "predicted img/s",
-                                 "rel. error", "note"],
-                                [[r["mode"], r["head"], r["compression"], _fmt(r["num_workers"], ".0f"),
-                                  _fmt(r["n"], ".0f"), f"{_fmt(r['ips'])} ± {_fmt(r['ips_se'])}", _fmt(r["predicted"]),
-                                  f"{r['rel_error'] * 100:+.1f}%" if pd.notna(r["rel_error"]) else "–",
-                                  "calibration point" if r["calibration"] else ""] for _, r in val.iterrows()]))
-            test = val[~val["calibration"] & val["rel_error"].notna()]
-            if len(test):
-                worst = test.loc[test["rel_error"].abs().idxmax()]
-                verdict = "meets" if abs(worst["rel_error"]) <= GOAL else "MISSES"
-                md += ["", f"**Largest error at a point the model was not calibrated on: "
-                           f"{worst['rel_error'] * 100:+.1f}% ({worst['mode']} {worst['head']}, {int(worst['num_workers'])} workers)** "
-                           f"— {verdict} the {GOAL * 100:.0f}% goal. "
-                           f"Noise floor: the measured SE at that point is {worst['ips_se'] / worst['ips'] * 100:.1f}% of the mean."]
-                noisy = test[(test["ips_se"] / test["ips"]) > GOAL]
-                if len(noisy):
-                    md.append(f"Caveat: at {len(noisy)} of {len(test)} tested point(s) the measurement's own standard "
-                              f"error exceeds {GOAL * 100:.0f}%, so agreement there is within noise and does not confirm "
-                              "the model to 5%; more repeats on a quiet host would.")
-            else:
-                md += ["", "Only calibration points were measured: the model is not tested by this study."]
-    md += ["", "## Projection to 48 GPUs", "",
-           f"Modeled speedup over one GPU of the same profile (async: {ps_shards} PS shard{'s' if ps_shards > 1 else ''}).", ""]
-    proj = projection_table(profs, ps_shards)
-    if not proj.empty:
-        hdr = ["profile", "mode", "head"] + [str(p) for p in scaling.PROJECTION_GPUS] + ["img/s @1", "img/s @48", "bound @48", "PS saturates at p"]
-        md.append(_md_table(hdr, [[r["profile"], r["mode"], r["head"]]
-                                  + [_fmt(r[p], ".2f") for p in scaling.PROJECTION_GPUS]
-                                  + [_fmt(r["img/s @1"]), _fmt(r["img/s @48"]), r["bound @48"],
-                                     _fmt(r.get("PS saturates at p"), ".1f")] for _, r in proj.iterrows()]))
-    md += ["", f"Seed study claim for comparison: {seed['text']}.", "", "Assumptions and sources:", ""]
-    md.append("- sync: t = t_compute + t_comm − min(t_comm, overlap × 2/3 × t_compute); hierarchical ring "
-              "(2(g−1)α + 2(g−1)/g·n/B within a node, then the same over nodes through one NIC a node); fp16 halves n.")
-    md.append("- async: updates/s = min(p / (t_compute + push/pull), S·B_ps / 2n, CPU cap); expected staleness p − 1.")
-    for name, prof in profs.items():
-        md.append(f"- **{name}**: {prof.description}.")
-        for k, v in prof.sources.items():
-            md.append(f"  - {k}: {v}")
-        for w in prof.workloads.values():
-            md.append(f"  - workload {w.head}: {w.t_compute * 1e3:.1f} ms/step at batch {w.batch}, "
-                      f"gradient {w.grad_bytes / 1e6:.1f} MB fp32 ({w.source})")
-        for a in prof.assumptions:
-            md.append(f"  - {a}")
+        md += ["", md_table(["run", "mode", "workers", "head", "link", "error"],
+                            [[r.run_id, r.mode, fmt(r.num_workers, ".0f"), r.head, r.link or "–", str(r.error or "")[:200]]
+                             for r in fails.itertuples()])]
+    md += ["", *measured_section(df, table, calib), ""]
+    if (table["link"] == "").any():
+        md += [*local_model_section(local, calib, val), ""]
+    if einfo["links"]:
+        md += [*emulated_section(df, eval_, einfo, benches), ""]
+    md += [*projection_section(profs, ps_shards, seed), ""]
     if not conv.empty:
-        md += convergence_markdown(conv, convergence_summary(conv), target, table, profs, df)
-    stale = df[(df["status"] == "ok") & (df["mode"] == "async") & df["staleness_mean"].notna()]
+        md += [*convergence_section(conv, convergence_summary(conv), target, table, val, df), ""]
+    stale = usable(df)
+    stale = stale[(stale["mode"] == "async") & stale["staleness_mean"].notna()]
     if not stale.empty:
-        md += ["", "## Async staleness", "",
-               _md_table(["workers", "runs", "mean", "p95", "max", "model (p − 1)"],
-                         [[str(int(p)), str(len(g)), _fmt(g["staleness_mean"].mean(), ".2f"),
-                           _fmt(g["staleness_p95"].mean(), ".1f"), _fmt(g["staleness_max"].max(), ".0f"),
-                           str(scaling.expected_staleness(int(p)))] for p, g in stale.groupby("num_workers")])]
-    md += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figs]
-    _write_readme(out_dir, study_dir, df)
+        md += ["## Async staleness", "",
+               md_table(["workers", "runs", "mean", "p95", "max", "model (p − 1)"],
+                        [[str(int(p)), str(len(g)), fmt(g["staleness_mean"].mean(), ".2f"),
+                          fmt(g["staleness_p95"].mean(), ".1f"), fmt(g["staleness_max"].max(), ".0f"),
+                          str(scaling.expected_staleness(int(p)))] for p, g in stale.groupby("num_workers")]), ""]
+    md += reference_section(study_dir, table)
+    md += ["", "## Figures", ""] + [f"![{k}]({k})" for k in figs]
+    days = sorted({str(s)[:10] for s in df["started_at"]})
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(f"Study `{name}`: {n_ok} ok runs on {info.get('cpu') or ', '.join(sorted(set(df['host'])))}, "
+                f"{' to '.join(dict.fromkeys([days[0], days[-1]]))}; made by `{info.get('command') or 'jobs (see records)'}`"
+                " then `python -m compare report`; see report.md.\n")
     path = os.path.join(out_dir, "report.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write("\n".join(md) + "\n")
-    os.replace(tmp, path)
+    os.replace(path + ".tmp", path)
     return path

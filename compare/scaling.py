@@ -284,3 +284,107 @@ def local_profile(alpha: float, bw: float, workloads: dict[str, Workload], kappa
                    overlap=d["overlap"], bw_ps=0.0, workloads=workloads, sources=d["sources"],
                    kappa=dict(kappa), async_update=dict(async_update), cores=cores,
                    assumptions=list(assumptions or []))
+
+
+# ------------------------------------------------------------------ sensitivity: the band on every projection
+# Each assumed input varied one at a time over its range ("x": a factor on the profile's value, "=": absolute
+# values); the band is the envelope of the speedups. Stated in the reports next to the figures.
+ASSUMED_RANGES: dict[str, tuple[str, float, float]] = {
+    "alpha_intra": ("x", 0.5, 2.0), "alpha_inter": ("x", 0.5, 2.0), "bw_intra": ("x", 0.5, 2.0),
+    "bw_node": ("x", 0.5, 2.0), "bw_ps": ("x", 0.5, 2.0), "overlap": ("=", 0.0, 1.0),
+    "t_compute": ("x", 0.5, 2.0),
+}
+
+
+def describe_ranges(ranges: dict[str, tuple[str, float, float]] = ASSUMED_RANGES) -> str:
+    return "; ".join(f"{k} {'x' if how == 'x' else ''}{lo:g}–{'x' if how == 'x' else ''}{hi:g}"
+                     for k, (how, lo, hi) in ranges.items())
+
+
+def varied(profile: Profile, name: str, value: float, how: str) -> Profile:
+    """A copy of the profile with one input set (how '=') or scaled (how 'x')."""
+    import dataclasses
+
+    if name == "t_compute":
+        factor = value
+        wl = {h: dataclasses.replace(w, t_compute=w.t_compute * factor) for h, w in profile.workloads.items()}
+        return dataclasses.replace(profile, workloads=wl,
+                                   async_update={h: t * factor for h, t in profile.async_update.items()})
+    old = getattr(profile, name)
+    return dataclasses.replace(profile, **{name: value if how == "=" else old * value})
+
+
+def speedup_band(profile: Profile, mode: str, head: str, gpus=PROJECTION_GPUS, shards: int = 1,
+                 ranges: dict[str, tuple[str, float, float]] = ASSUMED_RANGES) -> tuple[list[float], list[float]]:
+    """(low, high) speedup at each p over one-at-a-time variations of the assumed inputs."""
+    gpus = [int(p) for p in gpus]
+    curves = [[profile.speedup(mode, head, p, shards) for p in gpus]]
+    for name, (how, lo, hi) in ranges.items():
+        if name != "t_compute" and how == "x" and not getattr(profile, name):
+            continue  # an input this profile does not have (e.g. the local PS bandwidth)
+        for v in (lo, hi):
+            prof = varied(profile, name, v, how)
+            curves.append([prof.speedup(mode, head, p, shards) for p in gpus])
+    return [min(c[i] for c in curves) for i in range(len(gpus))], [max(c[i] for c in curves) for i in range(len(gpus))]
+
+
+# ------------------------------------------------------------------ the emulated cluster (one worker a node)
+# Inputs, all measured in the study per link rate L: t1s (sync step of 1 worker on 1 node), t1a (async update
+# of 1 worker with the PS on its node), alpha_L and B_L (Horovod MPI allreduce bench across the two nodes),
+# kappa (sync-1n rate / rate of each of two 1-worker runs side by side, one a node: the nodes share the cores).
+#   sync, p workers on p nodes:  step = kappa t1s + 2(p-1) alpha_L + 2(p-1)/p n / B_L
+#   async, PS on node 1:         worker k's update = t1a (+ 2 alpha_L + 2n / B_L off the PS's node);
+#                                rate = sum_k 1/update_k, capped by the PS link (B / 2n) and the PS's
+#                                service time (t1a - t1s) per update.
+RATE_MULT = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+EMULATED_RANGES: dict[str, tuple[str, float, float]] = {"alpha": ("x", 0.5, 2.0), "bw": ("x", 0.5, 2.0),
+                                                        "kappa": ("x", 1 / 1.25, 1.25)}
+
+
+def rate_bps(link: str) -> float:
+    import re
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)", str(link).lower())
+    return float(m.group(1)) * RATE_MULT[m.group(2)] if m else float("nan")
+
+
+def emulated_sync_ips(t1s: float, p: int, n: float, alpha: float, bw: float, batch: int, kappa: float = 1.0) -> float:
+    return p * batch / (kappa * t1s + ring_time(n, p, alpha, bw))
+
+
+def emulated_async_ips(t1a: float, p: int, n: float, alpha: float, bw: float, batch: int, kappa: float = 1.0,
+                       t1s: float | None = None, local_workers: int = 1, shards: int = 1) -> float:
+    """Images/sec of p async workers, one a node, the PS on node 1 with `local_workers` of them."""
+    _check_p(p)
+    local = min(p, local_workers)
+    remote = p - local
+    t_remote = kappa * t1a + 2 * alpha + 2 * n / bw
+    rate = local / (kappa * t1a) + (min(remote / t_remote, shards * bw / (2 * n)) if remote else 0.0)
+    if t1s is not None and t1a > t1s:
+        rate = min(rate, shards / (kappa * (t1a - t1s)))
+    return batch * rate
+
+
+def emulated_predict(mode: str, p: int, inputs: dict, batch: int, n: float) -> float:
+    """Images/sec at p workers on p nodes from one link's measured inputs."""
+    if mode == "sync":
+        return emulated_sync_ips(inputs["t1s"], p, n, inputs["alpha"], inputs["bw"], batch,
+                                 inputs.get("kappa", 1.0) if p > 1 else 1.0)
+    if mode == "async":
+        return emulated_async_ips(inputs["t1a"], p, n, inputs["alpha"], inputs["bw"], batch, 1.0, inputs["t1s"])
+    raise ModelError(f"unknown mode {mode!r}; choose sync or async")
+
+
+def emulated_speedups(inputs: dict, n: float, batch: int, mode: str, gpus=PROJECTION_GPUS) -> list[float]:
+    base = emulated_predict(mode, 1, inputs, batch, n)
+    return [emulated_predict(mode, int(p), inputs, batch, n) / base for p in gpus]
+
+
+def emulated_band(inputs: dict, n: float, batch: int, mode: str, gpus=PROJECTION_GPUS,
+                  ranges: dict[str, tuple[str, float, float]] = EMULATED_RANGES) -> tuple[list[float], list[float]]:
+    """(low, high) speedups over one-at-a-time variations of the link's inputs (alpha, B, kappa)."""
+    curves = [emulated_speedups(inputs, n, batch, mode, gpus)]
+    for name, (_, lo, hi) in ranges.items():
+        for v in (lo, hi):
+            curves.append(emulated_speedups({**inputs, name: inputs.get(name, 1.0) * v}, n, batch, mode, gpus))
+    return [min(c[i] for c in curves) for i in range(len(gpus))], [max(c[i] for c in curves) for i in range(len(gpus))]

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from compare import report, sweep
+from compare import plan, plots, report
 from compare.__main__ import build_parser, main
+from compare.frame import load
+from compare.local import LocalBackend
 from tests.conftest import BIN, records, run
 from tests.test_compare import rec, write_runs
 
@@ -80,26 +82,20 @@ def test_sync_fp16_reaches_the_digits_target_within_the_same_budget(results):
 
 # ------------------------------------------------------------------ the preset (no processes)
 def test_convergence_preset_plans_seeds_lr_and_fp16_for_sync_only(tmp_path):
-    args = build_parser(convergence=True).parse_args(["run", "--convergence", "--results-dir", str(tmp_path)])
-    assert args.study == "convergence" and args.dataset == "digits" and args.repeats == 3
-    cfg = sweep.SweepConfig(study=args.study, results_dir=args.results_dir, modes=args.modes, workers=args.workers,
-                            repeats=args.repeats, compressions=args.compressions, width=args.width,
-                            per_worker_batch=args.per_worker_batch, epochs=args.epochs,
-                            steps_per_epoch=args.steps_per_epoch, warmup_steps=args.warmup_steps,
-                            dataset=args.dataset, lr=args.lr, seed_per_repeat=True, ceiling=not args.no_ceiling,
-                            compress_single_worker=False)
-    runs = sweep.plan(cfg)
+    assert build_parser().parse_args(["run", "--convergence"]).convergence
+    cfg = plan.preset("convergence", results_dir=str(tmp_path))
+    assert cfg.study == "convergence" and cfg.dataset == "digits" and cfg.repeats == 3 and cfg.cluster == "local"
+    runs = plan.plan(cfg)
     kinds = {(r.mode, r.workers, r.compression) for r in runs}
     assert kinds == {("sync", 1, "none"), ("sync", 2, "none"), ("sync", 2, "fp16"),
                      ("async", 1, "none"), ("async", 2, "none")}  # fp16 at 1 worker: nothing on the wire
-    assert len(runs) == 5 * 3 and all(r.kind == "main" for r in runs)
+    assert len(runs) == 5 * 3 and all(r.role == "main" for r in runs)
     r2 = next(r for r in runs if r.repeat == 2 and r.mode == "async")
-    [(rid, argv)] = sweep.commands(cfg, r2)
+    [(rid, argv)] = LocalBackend().commands(cfg, r2)
     flags = dict(zip(argv, argv[1:]))
-    assert flags["--seed"] == "2" and flags["--dataset"] == "digits" and float(flags["--lr"]) == args.lr
+    assert flags["--seed"] == "2" and flags["--dataset"] == "digits" and float(flags["--lr"]) == cfg.lr
     assert flags["--steps-per-epoch"] == "0"  # one pass over the training set per epoch
-    # an explicit flag still wins over the preset
-    assert build_parser(convergence=True).parse_args(["run", "--convergence", "--epochs", "3"]).epochs == 3
+    assert plan.preset("convergence", epochs=3).epochs == 3  # an explicit flag still wins over the preset
 
 
 # ------------------------------------------------------------------ the report on fixtures
@@ -143,18 +139,18 @@ def test_report_draws_accuracy_vs_time_and_images_and_the_time_to_target_table(t
     assert "| async | 2 | none | 2/3 | 8.2 ± 0.3 (8.0–8.4) |" in text
     never = next(l for l in text.splitlines() if l.startswith("| async-p2-none-r2 |"))
     assert "**never**" in never and "0.700" in never
-    # fp16: measured img/s with and without, time to target, the model's n-halved variant beside it
+    # fp16: measured img/s with and without, time to target; no allreduce bench here: no model prediction
     assert "## fp16 gradient compression (sync arm)" in text
-    fp16_row = next(l for l in text.splitlines() if l.startswith("| 2 | 200.0 ± 0.0 |"))
-    assert "220.0 ± 0.0" in fp16_row and "| 1.100 | 1.000 |" in fp16_row
+    row = next(l for l in text.splitlines() if l.startswith("| 2 | fp16 | 220.0 ± 0.0 |"))
+    assert "8.4 ± 0.4 (8.0–8.8)" in row and "no prediction: no allreduce measurement" in row
     assert "none: 2,510,824" in text and "fp16: 1,255,412" in text
-    assert "| tsubame2.5 | gap |" in text
+    assert "| tsubame2.5 | sync | gap |" in text
     # staleness: mean against the model's p - 1
     assert "| 2 | 3 | 1.00 |" in text and "model (p − 1)" in text
 
-    runs = report.convergence_runs(report.load_runs(str(study / "runs.jsonl"))[0], 0.9)
+    runs = report.convergence_runs(load(str(study)).df, 0.9)
     for x, xlabel in (("wall_s", "wall-clock seconds"), ("images", "training images")):
-        fig = report.plot_accuracy_curves(runs, 0.9, str(tmp_path / f"{x}.png"), x=x)
+        fig = plots.plot_accuracy_curves(runs, 0.9, str(tmp_path / f"{x}.png"), x=x)
         ax = fig.axes[0]
         assert xlabel in ax.get_xlabel() and "top-1" in ax.get_ylabel()
         lines = {l.get_label(): l for l in ax.get_lines()}
@@ -168,7 +164,7 @@ def test_report_draws_accuracy_vs_time_and_images_and_the_time_to_target_table(t
         # async p=2: the mean over seeds includes the run that never got there
         assert lines["async p=2 (mean of 3 seeds)"].get_ydata()[-1] == pytest.approx((0.95 * 2 + 0.7) / 3)
         assert len(ax.collections) == len(CONFIGS)  # one min–max band per configuration
-    st = report.plot_staleness(report.load_runs(str(study / "runs.jsonl"))[0], str(tmp_path / "st.png"))
+    st = plots.plot_staleness(load(str(study)).df, str(tmp_path / "st.png"))
     labels = [t.get_text() for t in st.axes[0].get_legend().get_texts()]
     assert "2 workers: measured mean 1.00 (model: mean 1 = p − 1)" in labels
 

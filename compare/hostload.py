@@ -1,0 +1,111 @@
+"""Host load while a study runs: results/<study>/load.jsonl, one JSON line a sample. No TensorFlow.
+
+    {"t": iso, "loadavg1": float, "steal_frac": float, "cpu_busy_frac": float}
+
+loadavg1 from /proc/loadavg; steal and busy fractions of all CPU time since the previous sample, from the
+"cpu" line of /proc/stat (busy = everything but idle, iowait and steal). The report prints these.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import threading
+
+from train.record import append_json_line, now_iso
+
+
+def _cpu_times() -> tuple[int, int, int] | None:
+    """(total, idle incl. iowait, steal) jiffies of all CPUs; None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as f:
+            parts = f.readline().split()
+    except OSError:
+        return None
+    vals = [int(v) for v in parts[1:]]
+    vals += [0] * (8 - len(vals))
+    total = sum(vals[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return total, vals[3] + vals[4], vals[7]
+
+
+def _loadavg1() -> float:
+    try:
+        with open("/proc/loadavg", encoding="utf-8") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return math.nan
+
+
+class Sampler:
+    """A daemon thread appending a sample to `path` every `interval` s (and one at stop)."""
+
+    def __init__(self, path: str, interval: float = 15.0) -> None:
+        self.path, self.interval = path, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="hostload", daemon=True)
+        self._last = _cpu_times()
+
+    def sample(self) -> dict:
+        now = _cpu_times()
+        steal = busy = math.nan
+        if now and self._last and now[0] > self._last[0]:
+            dt = now[0] - self._last[0]
+            steal = (now[2] - self._last[2]) / dt
+            busy = (dt - (now[1] - self._last[1]) - (now[2] - self._last[2])) / dt
+        self._last = now
+        row = {"t": now_iso(), "loadavg1": _loadavg1(), "steal_frac": steal, "cpu_busy_frac": busy}
+        row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        append_json_line(self.path, row)
+        return row
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sample()
+
+
+def read(path: str) -> list[dict]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("loadavg1"), (int, float)):
+                    rows.append(row)
+    except OSError:
+        pass
+    return rows
+
+
+def summary(path: str, cores: int | None = None) -> str:
+    """One sentence for the report's conditions, from the log itself (or that there is none)."""
+    rows = read(path)
+    if not rows:
+        return "host load not recorded (no load.jsonl)"
+    loads = [r["loadavg1"] for r in rows]
+    steal = [r["steal_frac"] for r in rows if isinstance(r.get("steal_frac"), (int, float))]
+    busy = [r["cpu_busy_frac"] for r in rows if isinstance(r.get("cpu_busy_frac"), (int, float))]
+    out = (f"{len(rows)} samples from {rows[0]['t']} to {rows[-1]['t']}: 1-minute load average median "
+           f"{statistics.median(loads):.2f} (range {min(loads):.2f}–{max(loads):.2f})"
+           + (f" on {cores} cores" if cores else ""))
+    if busy:
+        out += f"; CPU busy {statistics.median(busy):.0%} median (max {max(busy):.0%})"
+    if steal:
+        out += f"; CPU steal {statistics.median(steal):.1%} median (max {max(steal):.1%})"
+    return out
+
+
+def load_path(study_dir: str) -> str:
+    return os.path.join(study_dir, "load.jsonl")

@@ -1,0 +1,202 @@
+"""The study: its configuration (one dataclass, three presets) and its grid of runs. No TensorFlow.
+
+A Run is one configuration of the grid; it starts one process (or, for the machine's parallel ceiling,
+`copies` independent processes side by side). Its study facts (role, copies, link) go into the records
+the trainers write, as fields, never as tag strings. Repeat-major order, so the slow drift of a noisy
+machine spreads over every configuration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+from train import record
+
+CLUSTERS = ("local", "emulated", "slurm")
+# The emulated cluster's runs: sync 1 worker on 1 node / 2 workers on 2 nodes, async likewise (chief and
+# PS on node 1), and two independent 1-worker sync runs, one a node (how much the nodes slow each other).
+EMULATED_RUNS = ("sync-1n", "sync-2n", "async-1n", "async-2n", "ceil-2n")
+LINK_RE = re.compile(r"\d+(\.\d+)?(bit|kbit|mbit|gbit)", re.I)
+
+
+class PlanError(ValueError):
+    """Bad study configuration: one line, exit 2, nothing written."""
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    study: str = "local"
+    cluster: str = "local"
+    results_dir: str = "results"
+    modes: tuple[str, ...] = ("sync", "async")
+    workers: tuple[int, ...] = (1, 2)
+    repeats: int = 3
+    heads: tuple[str, ...] = ("gap",)
+    image_sizes: tuple[int, ...] = (32,)
+    compressions: tuple[str, ...] = ("none",)
+    width: float = 0.25
+    per_worker_batch: int = 64
+    epochs: int = 1
+    steps_per_epoch: int = 30         # 0: one pass over the training set (real datasets)
+    async_steps_per_epoch: int = 0    # 0: as steps_per_epoch
+    warmup_steps: int = 5
+    dataset: str = "synthetic"
+    lr: float = 0.0                   # base learning rate per worker (0: the trainers' default)
+    seed_per_repeat: bool = False     # repeat r runs with --seed r (the convergence study)
+    compress_single_worker: bool = True  # False: no compressed 1-worker runs (nothing on the wire)
+    ps: int = 1
+    intra_op_threads: int = 1
+    ceiling: bool = True
+    bench: bool = True
+    timeout: float = 600.0
+    python: str = sys.executable
+    # the emulated cluster (backend "emulated")
+    links: tuple[str, ...] = ("10gbit", "1gbit", "200mbit")
+    emulated_runs: tuple[str, ...] = EMULATED_RUNS
+    bench_reps: int = 5
+    bench_factors: str = "0.0625,0.25,0.5,1"
+    state_dir: str = "/tmp/localcluster-emulated"
+    net_id: int = 84
+    keep_up: bool = False
+    load_interval_s: float = 15.0
+
+    @property
+    def study_dir(self) -> str:
+        return os.path.join(self.results_dir, self.study)
+
+    @property
+    def runs_path(self) -> str:
+        return record.runs_path(self.results_dir, self.study)
+
+    @property
+    def is_reference(self) -> bool:
+        """A curated study (results/reference/<name>): must run on one clean commit."""
+        return os.path.basename(os.path.normpath(os.path.abspath(self.results_dir))) == "reference"
+
+    def steps_for(self, mode: str) -> int:
+        return self.async_steps_per_epoch if mode == "async" and self.async_steps_per_epoch else self.steps_per_epoch
+
+    def validate(self) -> "StudyConfig":
+        if self.study in ("", ".", "..") or os.sep in self.study or self.study.startswith("."):
+            raise PlanError(f"bad study name {self.study!r}")
+        if self.cluster not in CLUSTERS:
+            raise PlanError(f"unknown cluster {self.cluster!r}; choose {', '.join(CLUSTERS)}")
+        bad = [v for v in self.links if not LINK_RE.fullmatch(v)]
+        if self.cluster == "emulated" and (bad or not self.links):
+            raise PlanError(f"--links: expected rates like 10gbit,1gbit,200mbit, got {','.join(self.links)!r}")
+        bad = [r for r in self.emulated_runs if r not in EMULATED_RUNS]
+        if bad or not self.emulated_runs:
+            raise PlanError(f"--runs: choose from {','.join(EMULATED_RUNS)}, got {','.join(self.emulated_runs)!r}")
+        return self
+
+
+# Defaults of each preset; explicit flags still win. `study` defaults to the preset's name.
+PRESETS: dict[str, dict] = {
+    "local": {},
+    # issue 6: sync vs async at 1 and 2 workers on digits to a target accuracy, 3 seeds, fp16 in the sync arm
+    "convergence": dict(dataset="digits", modes=("sync", "async"), workers=(1, 2), repeats=3,
+                        compressions=("none", "fp16"), width=0.25, per_worker_batch=32, epochs=14,
+                        steps_per_epoch=0, warmup_steps=2, lr=0.01, ceiling=False, seed_per_repeat=True,
+                        compress_single_worker=False),
+    # issue 8: 2 SLURM nodes in network namespaces, links shaped by tc
+    "emulated": dict(cluster="emulated", heads=("fc4096",), width=0.25, per_worker_batch=32, repeats=1,
+                     steps_per_epoch=12, async_steps_per_epoch=24, warmup_steps=2, timeout=300.0),
+}
+
+
+def preset(name: str, **overrides) -> StudyConfig:
+    """The preset's config with `overrides` (None values ignored); validated."""
+    if name not in PRESETS:
+        raise PlanError(f"unknown preset {name!r}; choose {', '.join(PRESETS)}")
+    values = {"study": name, **PRESETS[name]}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return StudyConfig(**values).validate()
+
+
+@dataclass(frozen=True)
+class Run:
+    """One planned configuration: role main (the measurement) or ceiling (`copies` 1-worker runs side by side)."""
+    role: str
+    mode: str
+    workers: int
+    head: str
+    image_size: int
+    compression: str
+    repeat: int
+    copies: int = 1
+    link: str | None = None
+    nodes: int = 1
+
+    def run_ids(self) -> list[str]:
+        where = (f"-{self.link.lower()}-n{self.nodes}" if self.link else "")
+        if self.role == "ceiling":
+            return [f"ceiling-p{self.copies}-{self.head}-s{self.image_size}{where}-r{self.repeat}-c{i}"
+                    for i in range(self.copies)]
+        return [f"{self.mode}-p{self.workers}-{self.head}-s{self.image_size}-{self.compression}{where}-r{self.repeat}"]
+
+    def label(self) -> str:
+        where = f" {self.link} {self.nodes} node(s)" if self.link else ""
+        if self.role == "ceiling":
+            return f"ceiling {self.copies}x1 {self.head} {self.image_size}px{where} r{self.repeat}"
+        return f"{self.mode} p={self.workers} {self.head} {self.image_size}px {self.compression}{where} r{self.repeat}"
+
+    def facts(self, cfg: StudyConfig) -> dict:
+        """The record fields this run's records carry, for a failed record written on its behalf."""
+        return {"mode": self.mode, "model": "cnn11", "head": self.head, "width": cfg.width,
+                "dataset": cfg.dataset, "image_size": self.image_size, "num_workers": self.workers,
+                "num_ps": cfg.ps if self.mode == "async" else 0, "per_worker_batch": cfg.per_worker_batch,
+                "global_batch": cfg.per_worker_batch * self.workers, "warmup_steps": cfg.warmup_steps,
+                "compression": self.compression, "role": self.role, "copies": self.copies,
+                "intra_op_threads": cfg.intra_op_threads,
+                "link": {"rate": self.link, "delay_ms": None, "nodes": 2 if self.link else None}}
+
+
+def cores_available() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def plan(cfg: StudyConfig) -> list[Run]:
+    """Every run of the study, repeat-major."""
+    if cfg.cluster == "emulated":
+        return _plan_emulated(cfg)
+    runs: list[Run] = []
+    ncores = len(cores_available())
+    for rep in range(cfg.repeats):
+        for head, size, comp in itertools.product(cfg.heads, cfg.image_sizes, cfg.compressions):
+            for p in cfg.workers:
+                for mode in cfg.modes:
+                    if mode == "async" and comp != "none":
+                        continue  # the PS strategy pushes fp32 gradients; train.async_ps refuses fp16
+                    if p == 1 and comp != "none" and not cfg.compress_single_worker:
+                        continue
+                    runs.append(Run("main", mode, p, head, size, comp, rep))
+                if cfg.ceiling and 1 < p <= ncores and comp == cfg.compressions[0]:
+                    runs.append(Run("ceiling", "sync", 1, head, size, "none", rep, copies=p))
+    return runs
+
+
+def _plan_emulated(cfg: StudyConfig) -> list[Run]:
+    """Link after link, then again (repeats outside links): conditions alternate on a noisy host."""
+    head, size = cfg.heads[0], cfg.image_sizes[0]
+    runs = []
+    for rep in range(cfg.repeats):
+        for link in cfg.links:
+            for name in cfg.emulated_runs:
+                kind, nodes = name.split("-")
+                n = int(nodes[0])
+                if kind == "ceil":
+                    runs.append(Run("ceiling", "sync", 1, head, size, "none", rep, copies=n, link=link, nodes=n))
+                else:
+                    runs.append(Run("main", kind, n, head, size, "none", rep, link=link, nodes=n))
+    return runs
+
+
+def as_dict(cfg: StudyConfig) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,339 @@
+"""Every figure of the reports. matplotlib (Agg); no TensorFlow.
+
+Rules kept here: no curve hidden under another (separate panels per profile and mode, distinct markers,
+direct labels nudged apart); the seed's ">30x at 48 GPUs" drawn as a lower bound (a triangle with an
+arrow up), not a point; measured CPU workers and modeled GPUs never share an axis; every projection has
+a band (each assumed input varied over its stated range); per-run points beside mean ± SE.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from compare import scaling  # noqa: E402
+from compare.frame import GROUP, per_run  # noqa: E402
+
+MODE_COLORS = {"sync": "tab:blue", "async": "tab:orange"}
+SERIES_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"]
+HEAD_STYLES = {"gap": ("o", "-"), "fc4096": ("s", "-.")}
+LINK_COLORS = ["tab:green", "tab:blue", "tab:red", "tab:purple", "tab:brown", "tab:olive"]
+GROUP_COLORS = {("sync", "gap", "none"): "tab:blue", ("async", "gap", "none"): "tab:orange",
+                ("sync", "gap", "fp16"): "tab:green", ("sync", "fc4096", "none"): "tab:purple",
+                ("async", "fc4096", "none"): "tab:brown", ("sync", "fc4096", "fp16"): "tab:olive"}
+CONV_COLORS = {("sync", "none"): "tab:blue", ("sync", "fp16"): "tab:green", ("async", "none"): "tab:orange"}
+CONV_STYLES = {1: "--", 2: "-"}
+CONV_KEY = ["mode", "num_workers", "compression"]
+
+
+def _save(fig: plt.Figure, path: str) -> plt.Figure:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def group_label(r) -> str:
+    extra = ", fp16" if r["compression"] == "fp16" else ""
+    extra += f", {int(r['num_ps'])} PS" if r["mode"] == "async" else ""
+    return f"{r['mode']} {r['head']}{extra}"
+
+
+def seed_lower_bound(ax, seed: dict) -> None:
+    """The seed study's '>30x at 48 GPUs': a triangle at 30 with an arrow up (a lower bound, not a point)."""
+    x, y = seed["gpus"], seed["speedup"]
+    ax.plot([x], [y], marker="^", markersize=11, color="crimson", linestyle="none", zorder=6,
+            label=f"seed study (2015): >{y:.0f}x at {x} GPUs, a lower bound")
+    ax.annotate("", xy=(x, y * 1.9), xytext=(x, y), zorder=6,
+                arrowprops=dict(arrowstyle="-|>", color="crimson", lw=1.8))
+
+
+def direct_labels(ax, items: list[tuple[float, float, str, str]], min_ratio: float = 1.3) -> None:
+    """Text at each curve's right end (x, y, text, color), nudged apart so no label covers another (log y)."""
+    placed: list[float] = []
+    for x, y, text, color in sorted(items, key=lambda it: it[1]):
+        if not (y > 0 and math.isfinite(y)):
+            continue
+        ly = max([y] + [p * min_ratio for p in placed])
+        placed.append(ly)
+        ax.annotate(text, (x, y), xytext=(x * 1.12, ly), fontsize=7.5, color=color, va="center",
+                    arrowprops=dict(arrowstyle="-", color=color, lw=0.6, alpha=0.6) if ly != y else None)
+
+
+def _log2_gpus(ax, label: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ticks = list(scaling.PROJECTION_GPUS)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.set_xlim(0.85, 48 * 3.2)  # room on the right for the direct labels
+    ax.set_xlabel(label)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _speedup_yaxis(ax, low: float) -> None:
+    ticks = [v for v in (1 / 32, 1 / 16, 0.125, 0.25, 0.5) if v >= low * 0.8] + [1, 2, 4, 8, 16, 32, 48]
+    ax.set_yticks(ticks)
+    ax.set_yticklabels([f"{v:g}" if v >= 1 else f"1/{round(1 / v)}" for v in ticks])
+    ax.set_ylim(min(low, 1) * 0.8, 64 * 1.6)
+
+
+# ------------------------------------------------------------------ measured (CPU workers on this machine)
+def plot_measured(df: pd.DataFrame, table: pd.DataFrame, local: scaling.Profile | None, path: str,
+                  xlabel: str = "CPU workers on this machine (one pinned core each)") -> plt.Figure:
+    """Three panels over the measured worker counts only: images/sec, speedup, efficiency. Each group:
+    every run (small hollow points), mean ± SE (filled, offset), and the local model where it predicts."""
+    t = table[table["link"] == ""]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    groups = list(t.groupby([c for c in GROUP if c != "link"], dropna=False, sort=True))
+    width = 0.7 / max(1, len(groups))
+    ps = sorted(t["num_workers"].unique()) or [1]
+    for i, (_, g) in enumerate(groups):
+        r0 = g.iloc[0]
+        color = GROUP_COLORS.get((r0["mode"], r0["head"], r0["compression"]), SERIES_COLORS[i % len(SERIES_COLORS)])
+        dx = (i - (len(groups) - 1) / 2) * width
+        marker = HEAD_STYLES.get(r0["head"], ("D", "-"))[0]
+        base = r0["base_ips"]
+        for _, r in g.iterrows():
+            runs = per_run(df, r)
+            x = r["num_workers"] + dx
+            for k, (ax, scale) in enumerate(zip(axes, (1.0, 1.0 / base if base == base else math.nan,
+                                                       1.0 / (base * r["num_workers"]) if base == base else math.nan))):
+                if not math.isfinite(scale):
+                    continue
+                ax.plot([x - width * 0.3] * len(runs), runs * scale, marker, mfc="none", color=color, alpha=0.6,
+                        markersize=5, linestyle="none",
+                        label=f"{group_label(r0)}: each run" if (r["num_workers"] == ps[0] and k == 0) else None)
+        cols = (("ips", "ips_se"), ("speedup", "speedup_se"), ("efficiency", "efficiency_se"))
+        for ax, (col, se) in zip(axes, cols):
+            gg = g[g[col].notna()]
+            ax.errorbar(gg["num_workers"] + dx + width * 0.2, gg[col], yerr=gg[se].fillna(0), fmt=marker,
+                        color=color, capsize=4, markersize=7, markeredgecolor="black",
+                        label=f"{group_label(r0)}: mean ± SE (n = {'/'.join(str(int(v)) for v in gg['n'])})")
+            if local is not None and r0["head"] in local.workloads:
+                pred = _predicted(local, gg, col)
+                ax.plot(gg["num_workers"] + dx + width * 0.5, pred, "x", color="black", markersize=8, mew=1.8,
+                        label="local model" if i == 0 else None)
+    axes[0].set_ylabel("images/sec, all workers")
+    axes[0].set_title("Throughput")
+    axes[1].plot(ps, ps, color="gray", linestyle="--", linewidth=1, label="ideal (speedup = workers)")
+    axes[1].set_ylabel("speedup over the 1-worker mean of the same group")
+    axes[1].set_title("Speedup")
+    axes[2].axhline(1.0, color="gray", linestyle="--", linewidth=1, label="ideal")
+    axes[2].set_ylabel("efficiency (speedup / workers)")
+    axes[2].set_title("Efficiency")
+    for ax in axes:
+        ax.set_xticks(ps)
+        ax.set_xlim(min(ps) - 0.5, max(ps) + 0.5)
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("Measured on this machine (no projection here: see projection.png for modeled GPUs)")
+    return _save(fig, path)
+
+
+def _predicted(local: scaling.Profile, g: pd.DataFrame, col: str) -> list[float]:
+    out = []
+    for _, r in g.iterrows():
+        try:
+            ips = local.predict(r["mode"], r["head"], int(r["num_workers"]), max(int(r["num_ps"]), 1),
+                                r["compression"]).images_per_sec
+            one = local.predict(r["mode"], r["head"], 1, max(int(r["num_ps"]), 1), r["compression"]).images_per_sec
+        except scaling.ModelError:
+            out.append(math.nan)
+            continue
+        out.append({"ips": ips, "speedup": ips / one, "efficiency": ips / one / r["num_workers"]}[col])
+    return out
+
+
+# ------------------------------------------------------------------ projection (modeled GPUs)
+def plot_projection(profiles: dict[str, scaling.Profile], seed: dict, shards: int, path: str,
+                    heads: tuple[str, ...] = ("gap", "fc4096")) -> plt.Figure:
+    """One panel per (mode, profile): each head's modeled speedup with its sensitivity band, ideal, the
+    seed's lower bound; curves labeled at their right end."""
+    names = list(profiles)
+    fig, axes = plt.subplots(2, max(1, len(names)), figsize=(5.4 * max(1, len(names)), 9), squeeze=False)
+    gpus = np.array(scaling.PROJECTION_GPUS)
+    for col, name in enumerate(names):
+        prof = profiles[name]
+        for row, mode in enumerate(("sync", "async")):
+            ax = axes[row][col]
+            ax.plot(gpus, gpus, color="gray", linestyle="--", linewidth=1, label="ideal")
+            labels, lows = [(gpus[-1], 48.0, "ideal 48x", "gray")], [1.0]
+            for head in heads:
+                if head not in prof.workloads or (mode == "async" and name == "local" and head not in prof.async_update):
+                    continue
+                marker, style = HEAD_STYLES[head]
+                y = [prof.speedup(mode, head, int(p), shards) for p in gpus]
+                lo, hi = scaling.speedup_band(prof, mode, head, gpus, shards)
+                color = MODE_COLORS[mode] if head == "gap" else "tab:purple"
+                ax.fill_between(gpus, lo, hi, color=color, alpha=0.15, linewidth=0,
+                                label=f"{head}: band, assumed inputs varied")
+                ax.plot(gpus, y, style, marker=marker, mfc="none" if head == "fc4096" else color, markersize=6,
+                        color=color, label=f"{head}: model")
+                labels.append((gpus[-1], y[-1], f"{head} {y[-1]:.1f}x", color))
+                lows += lo
+            seed_lower_bound(ax, seed)
+            direct_labels(ax, labels)
+            unit = "modeled workers (1 core = 1 'GPU')" if name == "local" else "modeled GPUs"
+            _log2_gpus(ax, f"{unit} (log2)")
+            _speedup_yaxis(ax, min(lows))
+            ax.set_ylabel(f"{mode}: modeled speedup over 1 GPU")
+            ax.set_title(f"{name}, {mode} ({prof.per_node} per node)")
+            ax.legend(fontsize=6.5, loc="upper left")
+    fig.suptitle(f"Projected speedup per profile (async: {shards} PS shard{'s' if shards > 1 else ''}); "
+                 f"bands: each assumed input varied one at a time ({scaling.describe_ranges()})", fontsize=9)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------ async staleness, convergence
+def plot_staleness(df: pd.DataFrame, path: str) -> plt.Figure | None:
+    ok = df[(df["status"] == "ok") & (df["mode"] == "async") & (df["role"] == "main")]
+    hists: dict[int, dict[int, int]] = {}
+    for _, r in ok.iterrows():
+        h = ((r["_record"].get("staleness") or {}).get("histogram")) or {}
+        acc = hists.setdefault(int(r["num_workers"]), {})
+        for k, v in h.items():
+            acc[int(k)] = acc.get(int(k), 0) + int(v)
+    hists = {p: h for p, h in hists.items() if h}
+    if not hists:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    width = 0.8 / len(hists)
+    for i, (p, h) in enumerate(sorted(hists.items())):
+        ks = sorted(h)
+        total = sum(h.values())
+        mean = sum(k * v for k, v in h.items()) / total
+        ax.bar(np.array(ks) + (i - (len(hists) - 1) / 2) * width, [h[k] / total for k in ks], width=width,
+               label=f"{p} worker{'s' if p > 1 else ''}: measured mean {mean:.2f} "
+                     f"(model: mean {scaling.expected_staleness(p)} = p − 1)")
+    ax.set_xlabel("staleness of an applied gradient (updates by other workers since its read)")
+    ax.set_ylabel("fraction of updates")
+    ax.set_title("Async staleness histogram, all repeats pooled")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def conv_label(mode: str, p: int, compression: str) -> str:
+    return f"{mode} p={p}" + (", fp16" if compression == "fp16" else "")
+
+
+def plot_accuracy_curves(runs: pd.DataFrame, target: float, path: str, x: str = "wall_s") -> plt.Figure | None:
+    """Held-out top-1 vs wall time (x='wall_s') or images (x='images'): per configuration every seed (thin
+    line), the mean over seeds at each epoch (thick line) and the seeds' min–max (band); the target dashed."""
+    if runs.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, g in runs.groupby(CONV_KEY, sort=True):
+        mode, p, comp = key
+        n_ep = int(g["epochs"].min())
+        xs = np.array([[c[x] for c in curve[:n_ep]] for curve in g["curve"]], dtype=float)
+        ys = np.array([[c["val_top1"] for c in curve[:n_ep]] for curve in g["curve"]], dtype=float)
+        color = CONV_COLORS.get((mode, comp), "tab:gray")
+        for xr, yr in zip(xs, ys):
+            ax.plot(xr, yr, CONV_STYLES.get(int(p), ":"), color=color, linewidth=0.6, alpha=0.45)
+        ax.plot(xs.mean(axis=0), ys.mean(axis=0), CONV_STYLES.get(int(p), ":"), color=color, marker=".",
+                linewidth=2, label=f"{conv_label(mode, int(p), comp)} (mean of {len(g)} seed{'s' if len(g) > 1 else ''})")
+        ax.fill_between(xs.mean(axis=0), ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.12, linewidth=0)
+    ax.axhline(target, color="crimson", linestyle=":", linewidth=1.2, label=f"target {target:.0%} top-1")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("held-out top-1 accuracy (evaluated every epoch)")
+    what = "wall time" if x == "wall_s" else "images"
+    ax.set_xlabel("wall-clock seconds since training start (evaluation included)" if x == "wall_s"
+                  else "training images processed (all workers)")
+    ax.set_title(f"Accuracy vs {what} (thick: mean over seeds; thin: each seed; band: min–max)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------ the emulated cluster
+def plot_emulated_validation(val: pd.DataFrame, points: dict, links: list[str], path: str) -> plt.Figure:
+    """Per mode: per link rate, every run (hollow), mean ± SE (filled), model (black bar), 1 vs 2 nodes."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    for ax, mode in zip(axes, ("sync", "async")):
+        for nodes, marker, dx in (("1n", "o", -0.15), ("2n", "s", 0.15)):
+            kind = f"{mode}-{nodes}"
+            sub = val[val["run"] == kind].set_index("link")
+            ls = [link for link in links if link in sub.index]
+            if not ls:
+                continue
+            color = "tab:gray" if nodes == "1n" else MODE_COLORS[mode]
+            xs = [links.index(link) + dx for link in ls]
+            for x, link in zip(xs, ls):
+                pts = points.get((link, kind), [])
+                ax.plot([x - 0.05] * len(pts), pts, marker, mfc="none", color=color, alpha=0.7, linestyle="none")
+            ax.errorbar([x + 0.04 for x in xs], [sub.loc[link, "mean"] for link in ls],
+                        yerr=[0 if math.isnan(sub.loc[link, "se"]) else sub.loc[link, "se"] for link in ls],
+                        fmt=marker, color=color, capsize=3, markeredgecolor="black",
+                        label=f"{nodes[0]} node{'s' if nodes == '2n' else ''}: mean ± SE (hollow: each run)")
+            pred = [sub.loc[link, "predicted"] for link in ls]
+            ax.plot([x + 0.04 for x in xs], pred, marker="_", markersize=22, mew=2.5, linestyle="none", color="black",
+                    label="model" if nodes == "2n" else None)
+            if nodes == "2n":
+                for x, link in zip(xs, ls):
+                    ax.annotate(f"{sub.loc[link, 'rel_error'] * 100:+.1f}%", (x + 0.04, sub.loc[link, "predicted"]),
+                                textcoords="offset points", xytext=(10, 6), fontsize=8)
+        ax.set_xticks(range(len(links)))
+        ax.set_xticklabels(links)
+        ax.set_xlim(-0.6, len(links) - 0.4)
+        ax.set_xlabel("link rate per node (tc tbf)")
+        ax.set_ylabel("images/sec (all workers)")
+        ax.set_title(f"{mode}: 1 worker on 1 node vs 2 workers on 2 nodes")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    fig.suptitle("Emulated cluster: model (black bars) vs measured; label = model error at 2 nodes", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_emulated_allreduce(inputs: dict, n: float, path: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for i, (link, inp) in enumerate(inputs.items()):
+        c = LINK_COLORS[i % len(LINK_COLORS)]
+        sizes = inp["bench_sizes"]
+        ax.plot([s / 1e6 for s in sizes], [t * 1e3 for t in inp["bench_times"]], "o", color=c,
+                label=f"{link}: measured (median of {inp['bench_reps']} bench run(s))")
+        grid = [sizes[0] * (sizes[-1] / sizes[0]) ** (k / 60) for k in range(61)]
+        ax.plot([s / 1e6 for s in grid], [scaling.ring_time(s, 2, inp["alpha"], inp["bw"]) * 1e3 for s in grid], "-",
+                color=c, alpha=0.7, label=f"{link}: fit α = {inp['alpha'] * 1e3:.2f} ms, B = {inp['bw'] / 1e6:.0f} MB/s")
+    ax.axvline(n / 1e6, color="gray", linestyle=":", label=f"gradient n = {n / 1e6:.1f} MB")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("bytes allreduced: the model's gradient tensors, each scaled by f (MB, fp32)")
+    ax.set_ylabel("time (ms), slowest rank's median")
+    ax.set_title("Horovod MPI allreduce between the two netns nodes (np = 2)\nand the alpha-beta fit per link")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7.5, loc="upper left")
+    return _save(fig, path)
+
+
+def plot_emulated_projection(inputs: dict, n: float, batch: int, seed: dict, path: str) -> plt.Figure:
+    """One panel per (mode, link): that link's measured alpha, B and compute projected to 48 nodes, band from
+    varying alpha, B and kappa over their stated ranges."""
+    links = list(inputs)
+    fig, axes = plt.subplots(2, max(1, len(links)), figsize=(4.8 * max(1, len(links)), 8.6), squeeze=False)
+    gpus = np.array(scaling.PROJECTION_GPUS)
+    for col, link in enumerate(links):
+        for row, mode in enumerate(("sync", "async")):
+            ax = axes[row][col]
+            ax.plot(gpus, gpus, color="gray", linestyle="--", linewidth=1, label="ideal")
+            y = scaling.emulated_speedups(inputs[link], n, batch, mode, gpus)
+            lo, hi = scaling.emulated_band(inputs[link], n, batch, mode, gpus)
+            color = LINK_COLORS[col % len(LINK_COLORS)]
+            ax.fill_between(gpus, lo, hi, color=color, alpha=0.2, linewidth=0, label="band: α, B ×½–×2, κ ×0.8–×1.25")
+            ax.plot(gpus, y, "-o", color=color, markersize=4, label="model (p = 2 measured, see table)")
+            direct_labels(ax, [(gpus[-1], y[-1], f"{y[-1]:.2f}x", color)])
+            seed_lower_bound(ax, seed)
+            _log2_gpus(ax, "modeled nodes, one worker each (log2)")
+            _speedup_yaxis(ax, min(lo + [1.0]))
+            ax.set_ylabel(f"{mode}: modeled speedup over 1 node")
+            ax.set_title(f"{mode}, link {link}")
+            ax.legend(fontsize=6.5, loc="upper left")
+    fig.suptitle("Emulated cluster projected to 48 nodes with each link's measured inputs", fontsize=10)
+    return _save(fig, path)
