@@ -257,7 +257,7 @@ def plot_emulated_validation(val: pd.DataFrame, points: dict, links: list[str], 
     """Per mode: per link rate, every run (hollow), mean ± SE (filled), model (black bar), 1 vs 2 nodes."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
     for ax, mode in zip(axes, ("sync", "async")):
-        for nodes, marker, dx in (("1n", "o", -0.15), ("2n", "s", 0.15)):
+        for nodes, marker, dx in (("1n", "o", -0.2), ("2n", "s", 0.12)):
             kind = f"{mode}-{nodes}"
             sub = val[val["run"] == kind].set_index("link")
             ls = [link for link in links if link in sub.index]
@@ -267,17 +267,17 @@ def plot_emulated_validation(val: pd.DataFrame, points: dict, links: list[str], 
             xs = [links.index(link) + dx for link in ls]
             for x, link in zip(xs, ls):
                 pts = points.get((link, kind), [])
-                ax.plot([x - 0.05] * len(pts), pts, marker, mfc="none", color=color, alpha=0.7, linestyle="none")
-            ax.errorbar([x + 0.04 for x in xs], [sub.loc[link, "mean"] for link in ls],
+                ax.plot([x - 0.06] * len(pts), pts, marker, mfc="none", color=color, alpha=0.7, linestyle="none")
+            ax.errorbar([x + 0.03 for x in xs], [sub.loc[link, "mean"] for link in ls],
                         yerr=[0 if math.isnan(sub.loc[link, "se"]) else sub.loc[link, "se"] for link in ls],
                         fmt=marker, color=color, capsize=3, markeredgecolor="black",
                         label=f"{nodes[0]} node{'s' if nodes == '2n' else ''}: mean ± SE (hollow: each run)")
             pred = [sub.loc[link, "predicted"] for link in ls]
-            ax.plot([x + 0.04 for x in xs], pred, marker="_", markersize=22, mew=2.5, linestyle="none", color="black",
-                    label="model" if nodes == "2n" else None)
+            ax.plot([x + 0.12 for x in xs], pred, marker="_", markersize=12, mew=2.5, linestyle="none", color="black",
+                    label="model (beside the measurement)" if nodes == "2n" else None)
             if nodes == "2n":
                 for x, link in zip(xs, ls):
-                    ax.annotate(f"{sub.loc[link, 'rel_error'] * 100:+.1f}%", (x + 0.04, sub.loc[link, "predicted"]),
+                    ax.annotate(f"{sub.loc[link, 'rel_error'] * 100:+.1f}%", (x + 0.12, sub.loc[link, "predicted"]),
                                 textcoords="offset points", xytext=(10, 6), fontsize=8)
         ax.set_xticks(range(len(links)))
         ax.set_xticklabels(links)

@@ -83,12 +83,15 @@ def conditions(study_dir: str, df: pd.DataFrame, info: dict, command: str, notes
         f"- run command: `{info.get('command') or 'not recorded (no study.json: records collected from jobs)'}`",
         f"- report command: `{command}`",
     ]
-    if cfgs:
-        c = cfgs[0]
-        lines.append(f"- workload: cnn11 width {c.get('width')}, {c.get('dataset')} {c.get('image_size')} px, batch "
-                     f"{c.get('per_worker_batch')} per worker, {c.get('epochs')} epoch(s) x "
-                     f"{c.get('steps_per_epoch') or 'one pass over the training set'} steps, "
-                     f"{c.get('warmup_steps')} warm-up steps excluded")
+    if len(ok):
+        def values(col: str) -> str:
+            return "/".join(sorted({fmt(v, "g") for v in ok[col].dropna()})) or "?"
+        steps = sorted({int(r["steps"]) for r in recs if r.get("status") == "ok" and r.get("steps") is not None})
+        lines.append(f"- workload: cnn11 {values('head')} head, width {values('width')}, "
+                     f"{'/'.join(sorted(set(ok['_record'].map(lambda r: str(r.get('dataset'))))))} "
+                     f"{values('image_size')} px, batch {values('per_worker_batch')} per worker, "
+                     f"{'/'.join(map(str, steps)) or '?'} measured steps a run, "
+                     f"{'/'.join(sorted({str(c.get('warmup_steps')) for c in cfgs})) or '?'} warm-up steps excluded")
     return lines + [f"- note: {n}" for n in notes]
 
 
@@ -151,10 +154,7 @@ def local_model_section(profile, calib: dict, val: pd.DataFrame) -> list[str]:
         [f"t_compute[{h}] = {t * 1e3:.1f} ms/step" for h, t in calib["t_compute"].items()]
         + [f"kappa = {{{', '.join(f'{p}: {k:.3f}' for p, k in sorted(calib['kappa'].items()))}}}",
            f"alpha = {calib['alpha'] * 1e6:.0f} us, B = {calib['bw'] / 1e9:.2f} GB/s (allreduce.json)"]
-        + [f"async 1-worker update[{h}] = {o * 1e3:.1f} ms" for h, o in calib["overhead"].items()]) + ".", "",
-           f"Verdicts (one rule in every report; goal {GOAL:.0%}): *within the goal* when |error| ≤ {GOAL:.0%} and "
-           f"the point's SE ≤ {GOAL:.0%}; *consistent within noise* when |error| ≤ 2 SE but SE > {GOAL:.0%}; "
-           "otherwise *misses*.", ""]
+        + [f"async 1-worker update[{h}] = {o * 1e3:.1f} ms" for h, o in calib["overhead"].items()]) + ".", ""]
     if val.empty:
         return md + ["No measured point to compare."]
     md.append(md_table(["mode", "head", "compression", "workers", "n", "measured img/s", "SE %", "predicted img/s",
@@ -262,8 +262,7 @@ def emulated_section(df: pd.DataFrame, val: pd.DataFrame, info: dict, benches: d
         md.append(f"- {link}: **{calibration.NO_BENCH}** (or no 1-node run) at this link rate: no prediction.")
     md += ["", "## Emulated cluster: predicted vs measured, every point", "",
            "Measured = mean ± SE over repeats (one run: its own SE over windows); 1-node points calibrate the "
-           "model (t1s, t1a) and are exact by construction; 2-node points test it. Verdicts by the rule above "
-           f"(goal {GOAL:.0%}).", ""]
+           "model (t1s, t1a) and are exact by construction; 2-node points test it.", ""]
     if not val.empty:
         md.append(md_table(["link", "run", "n", "measured img/s", "SE %", "predicted img/s", "error", "verdict"],
                            [[r["link"], r["run"], str(r["n"]), _pm(r["mean"], r["se"]), fmt(r["rel_se"] * 100),
@@ -474,7 +473,11 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
         md += ["", md_table(["run", "mode", "workers", "head", "link", "error"],
                             [[r.run_id, r.mode, fmt(r.num_workers, ".0f"), r.head, r.link or "–", str(r.error or "")[:200]]
                              for r in fails.itertuples()])]
-    md += ["", *measured_section(df, table, calib), ""]
+    md += ["", *measured_section(df, table, calib), "",
+           "## How the model's errors are worded", "",
+           f"One rule in every report (goal {GOAL:.0%}; error and SE relative to the measured mean): *within the goal* "
+           f"when |error| ≤ {GOAL:.0%} and the point's SE ≤ {GOAL:.0%}; *consistent within noise* when |error| ≤ 2 SE "
+           f"but SE > {GOAL:.0%} (the measurement cannot test the goal); otherwise *misses*.", ""]
     if (table["link"] == "").any():
         md += [*local_model_section(local, calib, val), ""]
     if einfo["links"]:
