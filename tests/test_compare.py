@@ -11,6 +11,7 @@ import pkgutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -454,22 +455,26 @@ def test_resume_skips_only_same_host_same_commit(tmp_path: Path):
     assert {r["host"] for r in record.read_records(old)[0]} == {"elsewhere", socket.gethostname()}
 
 
-def test_reference_study_refuses_a_dirty_checkout(tmp_path: Path, capsys):
-    sha, dirty = record.git_state()
-    args = ["run", "--results-dir", str(tmp_path / "reference"), "--study", "x", "--modes", "async",
-            "--workers", "1", "--repeats", "1", "--no-ceiling", "--no-bench", "--no-progress"]
-    if not dirty:
-        pytest.skip("the checkout is clean: the refusal cannot be shown here")
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    assert e.value.code == 2 and "reference study" in _one_line_error(capsys)
-    assert not (tmp_path / "reference" / "x" / "runs.jsonl").exists()
+def test_reference_study_refuses_a_dirty_checkout(tmp_path: Path):
+    """In a clone with a changed tracked file: `compare run` into results/reference refuses, writes nothing."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(clone)], check=True, timeout=120)
+    for sub in ("compare", "train"):  # the code under test, as it is in this checkout
+        subprocess.run(["cp", "-r", f"{ROOT}/{sub}/.", str(clone / sub)], check=True)
+    with open(clone / "README.md", "a") as f:
+        f.write("\nchanged\n")
+    ref = tmp_path / "results" / "reference"
+    p = subprocess.run([sys.executable, "-m", "compare", "run", "--results-dir", str(ref), "--study", "x", "--modes",
+                        "async", "--workers", "1", "--repeats", "1", "--no-ceiling", "--no-bench", "--no-progress"],
+                       cwd=clone, env=dict(os.environ, PYTHONPATH=str(clone)), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "reference study" in p.stderr, p.stderr
+    assert not (ref / "x").exists()
 
 
 def test_host_load_sampler_writes_the_contract_fields(tmp_path: Path):
     path = tmp_path / "load.jsonl"
     with Sampler(str(path), interval=0.05):
-        sum(i * i for i in range(300000))
+        time.sleep(0.5)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) >= 2
     for r in rows:
