@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 
 from compare.local import ROOT, Stage, child_env, trainer_flags
@@ -25,7 +26,8 @@ class EmulatedBackend:
     name = "emulated"
 
     def hosts(self) -> set[str]:
-        return {"n1", "n2"}  # the trainers run inside the nodes' UTS namespaces
+        # the trainers run inside the nodes' UTS namespaces; failed records are written here
+        return {"n1", "n2", socket.gethostname()}
 
     def env(self, cfg: StudyConfig) -> dict[str, str]:
         env = child_env(cfg.python)

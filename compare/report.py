@@ -438,7 +438,9 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
 
     figs: dict[str, plt.Figure | None] = {}
     if (table["link"] == "").any():
-        figs["measured.png"] = plots.plot_measured(df, table, local, os.path.join(out_dir, "measured.png"))
+        where = ("CPU workers on this machine (one pinned core each)" if info.get("cluster") == "local"
+                 else "workers (one a GPU or CPU task, as the jobs ran)")
+        figs["measured.png"] = plots.plot_measured(df, table, local, os.path.join(out_dir, "measured.png"), where)
     if profs:
         figs["projection.png"] = plots.plot_projection(profs, seed, ps_shards, os.path.join(out_dir, "projection.png"))
     figs["staleness.png"] = plots.plot_staleness(df, os.path.join(out_dir, "staleness.png"))

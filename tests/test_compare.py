@@ -23,6 +23,7 @@ from compare.emulated import EmulatedBackend
 from compare.hostload import Sampler
 from compare.launch import run_study
 from compare.local import LocalBackend
+from compare.slurm import submit_command
 from compare.wording import verdict
 from train import record
 
@@ -290,6 +291,20 @@ def test_slurm_study_without_allreduce_bench_gets_no_prediction(tmp_path: Path):
     assert "inf" not in text.replace("info", "") and "| local |" not in text
     assert "predicted img/s" not in text
     assert "not recorded (no study.json" in text  # conditions say what is missing, not "?"
+
+
+def test_slurm_backend_submits_one_sweep(tmp_path: Path):
+    cfg = plan.preset("local", cluster="slurm", results_dir=str(tmp_path), study="cl", workers=(1, 2, 4),
+                      modes=("sync",), width=0.5)
+    argv = submit_command(cfg, cpu=True, extra=["--gpus-per-node", "2"])
+    assert argv[0] == str(ROOT / "slurm" / "sweep.sh")
+    sweep, trainer = argv[1:argv.index("--")], argv[argv.index("--") + 1:]
+    assert dict(zip(sweep, sweep[1:]))["--gpus"] == "1,2,4" and "--cpu" in sweep and "--gpus-per-node" in sweep
+    assert dict(zip(trainer, trainer[1:]))["--width"] == "0.5" and "--tag" not in argv
+    p = subprocess.run([*argv[:argv.index("--")], "--dry-run", *argv[argv.index("--"):]], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr  # sweep.sh accepts every flag the backend builds
+    assert not (tmp_path / "cl").exists()  # a dry run submits and writes nothing
 
 
 def test_reference_study_is_shown_beside(study: Path):
