@@ -224,31 +224,36 @@ def conv_label(mode: str, p: int, compression: str) -> str:
 
 
 def plot_accuracy_curves(runs: pd.DataFrame, target: float, path: str, x: str = "wall_s") -> plt.Figure | None:
-    """Held-out top-1 vs wall time (x='wall_s') or images (x='images'): per configuration every seed (thin
-    line), the mean over seeds at each epoch (thick line) and the seeds' min–max (band); the target dashed."""
+    """Held-out top-1 vs wall time (x='wall_s') or images (x='images'), one panel per (mode, compression) so
+    no configuration hides another: per worker count every seed (thin line), the mean over seeds at each
+    epoch (thick line, its own marker) and the seeds' min–max (band); the target dashed."""
     if runs.empty:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for key, g in runs.groupby(CONV_KEY, sort=True):
-        mode, p, comp = key
-        n_ep = int(g["epochs"].min())
-        xs = np.array([[c[x] for c in curve[:n_ep]] for curve in g["curve"]], dtype=float)
-        ys = np.array([[c["val_top1"] for c in curve[:n_ep]] for curve in g["curve"]], dtype=float)
+    panels = sorted({(m, c) for m, c in zip(runs["mode"], runs["compression"])}, key=lambda k: (k[0] != "sync", k[1] != "none"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), sharex=True, sharey=True, squeeze=False)
+    for ax, (mode, comp) in zip(axes[0], panels):
         color = CONV_COLORS.get((mode, comp), "tab:gray")
-        for xr, yr in zip(xs, ys):
-            ax.plot(xr, yr, CONV_STYLES.get(int(p), ":"), color=color, linewidth=0.6, alpha=0.45)
-        ax.plot(xs.mean(axis=0), ys.mean(axis=0), CONV_STYLES.get(int(p), ":"), color=color, marker=".",
-                linewidth=2, label=f"{conv_label(mode, int(p), comp)} (mean of {len(g)} seed{'s' if len(g) > 1 else ''})")
-        ax.fill_between(xs.mean(axis=0), ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.12, linewidth=0)
-    ax.axhline(target, color="crimson", linestyle=":", linewidth=1.2, label=f"target {target:.0%} top-1")
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("held-out top-1 accuracy (evaluated every epoch)")
-    what = "wall time" if x == "wall_s" else "images"
-    ax.set_xlabel("wall-clock seconds since training start (evaluation included)" if x == "wall_s"
-                  else "training images processed (all workers)")
-    ax.set_title(f"Accuracy vs {what} (thick: mean over seeds; thin: each seed; band: min–max)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+        for p, g in runs[(runs["mode"] == mode) & (runs["compression"] == comp)].groupby("num_workers", sort=True):
+            n_ep = int(g["epochs"].min())
+            xs = np.array([[c[x] for c in curve[:n_ep]] for curve in g["curve"]], dtype=float)
+            ys = np.array([[c["val_top1"] for c in curve[:n_ep]] for curve in g["curve"]], dtype=float)
+            style = CONV_STYLES.get(int(p), ":")
+            for xr, yr in zip(xs, ys):
+                ax.plot(xr, yr, style, color=color, linewidth=0.6, alpha=0.45)
+            ax.plot(xs.mean(axis=0), ys.mean(axis=0), style, color=color, marker="o" if p > 1 else "s",
+                    mfc=color if p > 1 else "white", linewidth=2,
+                    label=f"{conv_label(mode, int(p), comp)} (mean of {len(g)} seed{'s' if len(g) > 1 else ''})")
+            ax.fill_between(xs.mean(axis=0), ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.12, linewidth=0)
+        ax.axhline(target, color="crimson", linestyle=":", linewidth=1.2, label=f"target {target:.0%} top-1")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{mode}" + (", fp16" if comp == "fp16" else ""))
+        ax.set_xlabel("wall-clock seconds since training start (evaluation included)" if x == "wall_s"
+                      else "training images processed (all workers)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0][0].set_ylabel("held-out top-1 accuracy (evaluated every epoch)")
+    fig.suptitle(f"Accuracy vs {'wall time' if x == 'wall_s' else 'images'} (thick: mean over seeds; thin: each "
+                 "seed; band: min–max)")
     return _save(fig, path)
 
 

@@ -151,9 +151,9 @@ def test_report_draws_accuracy_vs_time_and_images_and_the_time_to_target_table(t
     runs = report.convergence_runs(load(str(study)).df, 0.9)
     for x, xlabel in (("wall_s", "wall-clock seconds"), ("images", "training images")):
         fig = plots.plot_accuracy_curves(runs, 0.9, str(tmp_path / f"{x}.png"), x=x)
-        ax = fig.axes[0]
-        assert xlabel in ax.get_xlabel() and "top-1" in ax.get_ylabel()
-        lines = {l.get_label(): l for l in ax.get_lines()}
+        assert [a.get_title() for a in fig.axes] == ["sync", "sync, fp16", "async"]  # no configuration under another
+        assert all(xlabel in a.get_xlabel() for a in fig.axes) and "top-1" in fig.axes[0].get_ylabel()
+        lines = {l.get_label(): l for a in fig.axes for l in a.get_lines()}
         for want in ("sync p=1 (mean of 3 seeds)", "sync p=2, fp16 (mean of 3 seeds)", "async p=2 (mean of 3 seeds)"):
             assert want in lines, (want, list(lines))
         assert list(lines["target 90% top-1"].get_ydata()) == [0.9, 0.9]
@@ -163,7 +163,9 @@ def test_report_draws_accuracy_vs_time_and_images_and_the_time_to_target_table(t
         assert list(mean.get_ydata()) == pytest.approx(ACC)
         # async p=2: the mean over seeds includes the run that never got there
         assert lines["async p=2 (mean of 3 seeds)"].get_ydata()[-1] == pytest.approx((0.95 * 2 + 0.7) / 3)
-        assert len(ax.collections) == len(CONFIGS)  # one min–max band per configuration
+        assert sum(len(a.collections) for a in fig.axes) == len(CONFIGS)  # one min–max band per configuration
+        seeds = [l for a in fig.axes for l in a.get_lines() if l.get_label().startswith("_") and l.get_linewidth() < 1]
+        assert len(seeds) == len(conv_records())  # every seed's own curve
     st = plots.plot_staleness(load(str(study)).df, str(tmp_path / "st.png"))
     labels = [t.get_text() for t in st.axes[0].get_legend().get_texts()]
     assert "2 workers: measured mean 1.00 (model: mean 1 = p − 1)" in labels
