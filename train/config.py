@@ -47,7 +47,6 @@ class RunConfig:
     precision: str = _opt("fp32 | mixed_fp16 | mixed_bf16 (mixed precision is for GPUs)", "fp32")
     seed: int = _opt("random seed", 0)
     intra_op_threads: int = _opt("TensorFlow intra-op threads per process (0: TensorFlow's default)", 0)
-    peak_gflops: float = _opt("peak GFLOP/s per worker for MFU (0: measure a fp32 matmul here)", 0.0)
     # Async cluster (the local launcher)
     workers: int = _opt("worker processes of the local cluster", 1, ("async",))
     ps: int = _opt("parameter-server processes (variables are sharded over them)", 1, ("async",))
@@ -91,7 +90,7 @@ class RunConfig:
                 raise ConfigError(f"--{name} must be > 0, got {value}")
         nonnegative = {"steps-per-epoch": self.steps_per_epoch, "warmup-steps": self.warmup_steps,
                        "lr-warmup-epochs": self.lr_warmup_epochs, "intra-op-threads": self.intra_op_threads,
-                       "peak-gflops": self.peak_gflops, "momentum": self.momentum}
+                       "momentum": self.momentum}
         for name, value in nonnegative.items():
             if value < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {value}")
