@@ -90,7 +90,7 @@ def train_preprocess(image: tf.Tensor, image_size: int, seed: int) -> tf.Tensor:
     image = tf.slice(image, begin, size)
     image = tf.image.resize(image, (image_size, image_size))
     image = tf.image.random_flip_left_right(image)
-    return (image / 255.0 - MEAN_RGB) / STD_RGB
+    return _normalize(image)
 
 
 def eval_preprocess(image: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -100,7 +100,7 @@ def eval_preprocess(image: tf.Tensor, image_size: int) -> tf.Tensor:
     new = tf.cast(tf.round(shape * scale), tf.int32)
     image = tf.image.resize(image, new)
     image = tf.image.resize_with_crop_or_pad(image, image_size, image_size)
-    return (image / 255.0 - MEAN_RGB) / STD_RGB
+    return _normalize(image)
 
 
 def _decode_file(path: tf.Tensor) -> tf.Tensor:
