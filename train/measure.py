@@ -52,8 +52,10 @@ def compile_model(model: tf.keras.Model, optimizer) -> None:
 
 
 def peak_gflops(cfg) -> tuple[float, str]:
-    """(peak GFLOP/s of one worker, how it was derived): the CPU spec's upper bound for its threads."""
-    return cpu_peak_gflops(record.effective_intra_op_threads(cfg.intra_op_threads))
+    """(peak GFLOP/s of one worker, how it was derived): the CPU spec's upper bound for the cores its
+    intra-op threads run on (no more than the cores the process may use)."""
+    threads = record.effective_intra_op_threads(cfg.intra_op_threads)
+    return cpu_peak_gflops(min(threads, len(record.cpu_affinity())))
 
 
 def weights_digest(model: tf.keras.Model) -> str:
