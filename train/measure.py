@@ -1,4 +1,4 @@
-"""What both trainers measure: thread set-up, the matmul peak for MFU, the weights digest, the curve."""
+"""What both trainers measure: thread set-up, the spec peak for MFU, the weights digest, the curve."""
 from __future__ import annotations
 
 import hashlib
@@ -10,10 +10,11 @@ import numpy as np
 import tensorflow as tf
 
 from train import record
+from train.peak import cpu_peak_gflops
 
 
 def configure_threads(intra_op_threads: int) -> None:
-    """Limit intra-op threads only: a PS cluster deadlocks with one inter-op thread (verified.md)."""
+    """Limit intra-op threads only: a PS cluster deadlocks when inter-op threads are 1."""
     if intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
 
@@ -24,21 +25,37 @@ def set_precision(precision: str) -> None:
             {"mixed_fp16": "mixed_float16", "mixed_bf16": "mixed_bfloat16"}[precision])
 
 
+def set_up(cfg) -> tuple[float, str]:
+    """Threads, precision and seed, before TensorFlow's runtime starts; returns the worker's spec peak."""
+    configure_threads(cfg.intra_op_threads)
+    set_precision(cfg.precision)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    return peak_gflops(cfg)
+
+
+def bad_input(prog: str, error: Exception | str) -> int:
+    """One line naming what is wrong with the input; exit code 2."""
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def sgd(lr: float, momentum: float) -> tf.keras.optimizers.legacy.Optimizer:
+    return tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=momentum)
+
+
+def compile_model(model: tf.keras.Model, optimizer) -> None:
+    """The loss and metrics both trainers train with: logits in, top-1 and top-5 out."""
+    model.compile(optimizer=optimizer,
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
+                           tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
+
+
 def peak_gflops(cfg) -> tuple[float, str]:
-    """(peak GFLOP/s of one worker, where it came from) for the MFU figure."""
-    if cfg.peak_gflops:
-        return cfg.peak_gflops, "given with --peak-gflops"
-    n, reps = 2048, 5
-    a = tf.random.uniform((n, n))
-    b = tf.random.uniform((n, n))
-    tf.linalg.matmul(a, b).numpy()  # warm-up
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        tf.linalg.matmul(a, b).numpy()
-        best = min(best, time.perf_counter() - t0)
-    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    return 2 * n**3 / best / 1e9, f"measured: best of {reps} fp32 {n}x{n} matmuls on this {device}, same threads"
+    """(peak GFLOP/s of one worker, how it was derived): the CPU spec's upper bound for the cores its
+    intra-op threads run on (no more than the cores the process may use)."""
+    threads = record.effective_intra_op_threads(cfg.intra_op_threads)
+    return cpu_peak_gflops(min(threads, len(record.cpu_affinity())))
 
 
 def weights_digest(model: tf.keras.Model) -> str:
@@ -49,12 +66,21 @@ def weights_digest(model: tf.keras.Model) -> str:
     return h.hexdigest()
 
 
-def verbosity(is_writer: bool) -> int:
+def verbosity(is_writer: bool = True) -> int:
     """Keras fit verbosity: progress bar on a tty, one line per epoch otherwise, silent off the writer."""
     if not is_writer:
         return 0
     under_launcher = any(k in os.environ for k in ("OMPI_COMM_WORLD_RANK", "HOROVOD_RANK", "SLURM_PROCID"))
     return 1 if sys.stdout.isatty() and not under_launcher else 2  # mpirun hands ranks a pty
+
+
+def curve_point(model: tf.keras.Model, epoch: int, t_start: float, images_per_step: int, logs) -> dict:
+    """One point of the learning curve at the end of epoch `epoch` (0-based), from the global step."""
+    step = int(model.optimizer.iterations.numpy())
+    point = {"epoch": epoch + 1, "wall_s": time.perf_counter() - t_start, "steps": step,
+             "images": step * images_per_step}
+    point.update({k: float(v) for k, v in (logs or {}).items()})
+    return point
 
 
 class StepMeter(tf.keras.callbacks.Callback):
@@ -84,24 +110,20 @@ class StepMeter(tf.keras.callbacks.Callback):
             self.segments[-1].append((time.perf_counter(), step))
 
     def on_epoch_end(self, epoch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        point = {"epoch": epoch + 1, "wall_s": time.perf_counter() - self.t_start, "steps": step,
-                 "images": step * self.images_per_step}
-        point.update({k: float(v) for k, v in (logs or {}).items()})
-        self.curve.append(point)
+        self.curve.append(curve_point(self.model, epoch, self.t_start, self.images_per_step, logs))
 
     def result(self) -> dict:
         return record.throughput(self.segments, self.images_per_step)
 
 
 def run_summary(cfg, throughput: dict, curve: list[dict], num_classes: int, num_workers: int,
-                global_batch: int, steps: int, peak: tuple[float, str] | None = None) -> dict:
+                global_batch: int, steps: int, peak: tuple[float, str]) -> dict:
     """Record fields both trainers share: throughput, FLOPs, MFU, the curve and final metrics."""
     from train.model import gradient_bytes, train_flops_per_image, trainable_params
 
     gflop = train_flops_per_image(cfg.image_size, num_classes, cfg.head, cfg.width) / 1e9
     ips = throughput["images_per_sec"]
-    peak, peak_source = peak or peak_gflops(cfg)  # best measured before training, under the same load
+    peak_per_worker, peak_source = peak
     achieved = ips * gflop if ips else None
     last = curve[-1] if curve else {}
     return {
@@ -109,11 +131,25 @@ def run_summary(cfg, throughput: dict, curve: list[dict], num_classes: int, num_
         "steps": steps, "epochs": cfg.epochs, "warmup_steps": cfg.warmup_steps,
         **throughput,
         "train_gflop_per_img": gflop, "achieved_gflops": achieved,
-        "mfu": achieved / (peak * num_workers) if achieved else None,
-        "peak_gflops_per_worker": peak, "peak_source": peak_source,
+        "mfu": achieved / (peak_per_worker * num_workers) if achieved else None,
+        "peak_gflops_per_worker": peak_per_worker, "peak_source": peak_source,
         "trainable_params": trainable_params(cfg.image_size, num_classes, cfg.head, cfg.width),
         "gradient_bytes": gradient_bytes(cfg.image_size, num_classes, cfg.head, cfg.width, cfg.compression),
         "curve": curve,
         "final": {k: last[k] for k in ("loss", "top1", "top5", "val_loss", "val_top1", "val_top5") if k in last},
         "finished_at": record.now_iso(),
     }
+
+
+def write_record(prog: str, cfg, *, mode: str, run_id: str, started_at: str, meter, num_classes: int,
+                 num_workers: int, global_batch: int, steps: int, peak: tuple[float, str],
+                 fields: dict) -> int:
+    """The epilogue of both trainers: the full record (the trainer's own `fields` last), appended to
+    the study's runs.jsonl, and one line saying where it went. Returns the exit code, 0."""
+    rec = record.base_record(cfg, mode=mode, run_id=run_id, started_at=started_at)
+    rec.update(run_summary(cfg, meter.result(), meter.curve, num_classes, num_workers, global_batch, steps, peak))
+    rec.update(fields)
+    record.append_record(cfg.runs_path, rec)
+    print(f"{prog}: record {run_id} -> {cfg.runs_path}: {rec['images_per_sec'] or 0:.1f} images/sec "
+          f"on {num_workers} workers")
+    return 0
