@@ -252,22 +252,15 @@ def fit_alpha_beta(sizes: list[float], times: list[float], p: int = 2) -> tuple[
 
 
 def head_dense_counts(head: str, image_size: int, width: float, num_classes: int) -> tuple[int, int]:
-    """(trainable params, multiply-accumulates per image) of cnn11's dense layers only.
+    """(trainable params, multiply-accumulates per image) of cnn11's dense layers only: train/model.py's own
+    pure counts (it imports TensorFlow inside cnn11() only). Carries a measured gap-head workload over to
+    the fc4096 head."""
+    from train.model import dense_counts
 
-    Mirrors train/model.py (which imports TensorFlow, so compare/ cannot): used to carry a measured
-    gap-head workload over to the fc4096 head. Checked against train.model in tests/test_compare.py.
-    """
-    last = max(1, int(round(512 * width)))
-    if head == "gap":
-        shapes = [(last, num_classes)]
-    elif head == "fc4096":
-        side = image_size
-        for _ in range(5):
-            side //= 2
-        shapes = [(side * side * last, 4096), (4096, 4096), (4096, num_classes)]
-    else:
-        raise ModelError(f"unknown head {head!r}")
-    return sum(i * o + o for i, o in shapes), sum(i * o for i, o in shapes)
+    try:
+        return dense_counts(image_size, num_classes, head, width)
+    except ValueError as e:
+        raise ModelError(str(e)) from None
 
 
 def local_profile(alpha: float, bw: float, workloads: dict[str, Workload], kappa: dict[int, float],
