@@ -11,7 +11,8 @@ env:
 # `make study` measures THIS machine every time into results/$(STUDY)/ (gitignored); a second call resumes
 # (only runs made on this host at this commit count as done). STUDY = local | convergence | emulated (a preset).
 study: env
-	$(PY) -m compare run --preset $(STUDY) && $(PY) -m compare report --study $(STUDY)
+	@# the report is written even when a run failed (it lists the failures); make still fails then
+	$(PY) -m compare run --preset $(STUDY); rc=$$?; $(PY) -m compare report --study $(STUDY) && exit $$rc
 
 test: env
 	$(PY) -m pytest
