@@ -65,17 +65,17 @@ def conditions(study_dir: str, df: pd.DataFrame, info: dict, command: str, notes
     shas = df.groupby(["git_sha", "git_dirty"], dropna=False).size()
     code = "; ".join(f"git {str(sha)[:10]} {'DIRTY' if dirty else 'clean'} ({n} records)" for (sha, dirty), n in shas.items())
     mixed = len(shas) > 1 or bool(df["git_dirty"].fillna(True).any())
-    hosts = sorted(set(df["host"]) | {h for r in recs for h in (r.get("hosts") or [])})
+    hosts = sorted(set(df["host"]))  # the writers' hostnames (an async record's `hosts` are task addresses)
     starts = sorted(s for s in df["started_at"].dropna())
     cfgs = [r.get("config") or {} for r in recs if r.get("status") == "ok"]
     ok = df[df["status"] == "ok"]
     cores = info.get("cores") or []
     lines = [
         f"- machine: {info.get('cpu') or '(no study.json: ' + ', '.join(sorted({str(r.get('peak_source')) for r in recs if r.get('peak_source')}) or ['not recorded']) + ')'}"
-        + (f", {len(cores)} cores usable" if cores else "") + f"; record hosts: {', '.join(hosts) or '?'}"
+        + (f", {len(cores)} cores usable" if cores else "") + f"; records written on: {', '.join(hosts) or '?'}"
         + (f"; {info['platform']}" if info.get("platform") else ""),
         f"- processes: intra-op threads {', '.join(sorted({fmt(v, '.0f') for v in ok['intra_op_threads']}))}; "
-        f"cores each process could run on: {', '.join(sorted(set(ok['cpu_affinity']))) or '?'}",
+        f"cores each process could run on: {', '.join(f'[{c}]' for c in sorted(set(ok['cpu_affinity']))) or '?'}",
         f"- versions: {'; '.join(versions) or '?'}; report: pandas {pd.__version__}, matplotlib {matplotlib.__version__}",
         f"- code: {code}" + (" — **the records mix commits or ran on a dirty checkout**" if mixed else ""),
         f"- runs from {starts[0] if starts else '?'} to {starts[-1] if starts else '?'}",
