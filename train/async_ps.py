@@ -58,10 +58,9 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
     run_id = cfg.run_id or record.default_run_id()
     peak = measure.set_up(cfg)
 
-    try:
-        spec = data.describe(cfg)
-    except (ValueError, OSError) as e:
-        return measure.bad_input(PROG, e)
+    spec = measure.dataset_spec(PROG, cfg)
+    if spec is None:
+        return 2
     steps_per_epoch = data.steps_per_epoch(cfg, spec, 1)  # PS: a scheduled step is one worker's batch
     global_batch = cfg.per_worker_batch  # PS: every update is one worker's batch (no barrier)
     partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(  # PS:

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from train import record
+from train import data, record
 from train.peak import cpu_peak_gflops
 
 
@@ -37,6 +37,15 @@ def bad_input(prog: str, error: Exception | str) -> int:
     """One line naming what is wrong with the input; exit code 2."""
     print(f"{prog}: error: {error}", file=sys.stderr)
     return 2
+
+
+def dataset_spec(prog: str, cfg) -> data.DataSpec | None:
+    """The dataset's classes and split sizes, or None after one line naming the problem (exit 2)."""
+    try:
+        return data.describe(cfg)
+    except (ValueError, OSError) as e:
+        bad_input(prog, e)
+        return None
 
 
 def sgd(lr: float, momentum: float) -> tf.keras.optimizers.legacy.Optimizer:

@@ -50,10 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     num_workers, rank = hvd.size(), hvd.rank()  # Horovod:
     run_id = broadcast_object(cfg.run_id or record.default_run_id(), root_rank=0)  # Horovod:
 
-    try:
-        spec = data.describe(cfg)
-    except (ValueError, OSError) as e:
-        return measure.bad_input(PROG, e)
+    spec = measure.dataset_spec(PROG, cfg)
+    if spec is None:
+        return 2
     steps_per_epoch = data.steps_per_epoch(cfg, spec, num_workers)
     global_batch = cfg.per_worker_batch * num_workers
     train_ds = data.train_dataset(cfg, num_shards=num_workers, shard_index=rank)  # Horovod: rank's shard
