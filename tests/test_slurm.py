@@ -127,7 +127,7 @@ def dry_run(gpn: int) -> dict[str, dict[str, str]]:
 def test_sweep_dry_run_layout(gpn):
     jobs = dry_run(gpn)
     gpus = (1, 2, 4, 8, 16, 32, 48)
-    assert set(jobs) == {f"{t}-{g}g" for t in ("sync", "async") for g in gpus} | {"report"}
+    assert set(jobs) == {f"{t}-{g}g" for t in ("sync", "async") for g in gpus} | {"bench", "report"}
     for g in gpus:
         nodes = -(-g // gpn)
         sync, asyn = jobs[f"sync-{g}g"], jobs[f"async-{g}g"]
@@ -138,8 +138,11 @@ def test_sweep_dry_run_layout(gpn):
         assert f"NUM_PS={nodes}" in asyn["export"]
         assert sync["line"].rstrip().endswith("slurm/sync.sbatch --width 0.25")
         assert f"slurm-sync-{g}g-%j.out" in sync["output"]
+    bench = jobs["bench"]  # 2 ranks, one per node: the sweep spans nodes
+    assert (bench["nodes"], bench["ntasks"], bench["ntasks-per-node"], bench["gres"]) == ("2", "2", "1", "gpu:1")
+    assert bench["line"].rstrip().endswith("slurm/bench.sbatch --model gap,32,0.25,10")
     deps = jobs["report"]["dependency"]
-    assert deps.startswith("afterany:") and len(deps.split(":")) == 1 + 2 * len(gpus)
+    assert deps.startswith("afterany:") and len(deps.split(":")) == 1 + 2 * len(gpus) + 1
 
 
 def test_sweep_rejects_bad_option():
