@@ -32,8 +32,8 @@ from train import record  # noqa: E402
 def trainer_args(a, results: str, tag: str) -> list[str]:
     return ["--dataset", "synthetic", "--image-size", "32", "--width", str(a.width),
             "--per-worker-batch", str(a.batch), "--epochs", str(a.epochs), "--steps-per-epoch", str(a.steps),
-            "--warmup-steps", str(a.warmup), "--intra-op-threads", "1", "--peak-gflops", "1",
-            "--results-dir", results, "--study", "bench", "--tag", tag, "--run-id", tag]
+            "--warmup-steps", str(a.warmup), "--intra-op-threads", "1",
+            "--results-dir", results, "--study", "bench", "--run-id", tag]
 
 
 def async_cmd(a, cores: str, workers: int, results: str, tag: str) -> list[str]:
@@ -59,7 +59,7 @@ def launch(cmds: list[list[str]], env: dict) -> None:
 
 def ips(results: str, tag: str) -> tuple[float, dict]:
     recs, _ = record.read_records(os.path.join(results, "bench", "runs.jsonl"))
-    (rec,) = [r for r in recs if r.get("tag") == tag]
+    (rec,) = [r for r in recs if r.get("run_id") == tag]
     return rec["images_per_sec"], rec
 
 
@@ -94,7 +94,7 @@ def main() -> int:
             runs["sync-2w"] = [sync_cmd(a, "0,1", 2, results, f"{t}-s2")]
         for name, cmds in runs.items():
             launch(cmds, env)
-            tags = [c[c.index("--tag") + 1] for c in cmds]
+            tags = [c[c.index("--run-id") + 1] for c in cmds]
             values = [ips(results, tag) for tag in tags]
             total = sum(v for v, _ in values)
             figures.setdefault(name, []).append(total)

@@ -41,7 +41,7 @@ def sync(np_: int, results: str, args) -> subprocess.Popen:
     cmd = [HOROVODRUN, "--gloo", "-np", str(np_), "-H", f"localhost:{np_}", "sh", "-c", PIN_RANK, "pin",
            PY, "-m", "train.sync_allreduce", "--width", str(args.width), "--per-worker-batch",
            str(args.batch), "--steps-per-epoch", str(args.steps), "--intra-op-threads", "1",
-           "--peak-gflops", "1", "--results-dir", results, "--study", f"np{np_}"]
+           "--results-dir", results, "--study", f"np{np_}"]
     return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL)
 
 

@@ -4,7 +4,7 @@ sync:  horovodrun --gloo -np P -H localhost:P python -m compare.pin --cores ... 
 async: taskset -c CORES python -m train.async_ps --workers P --ps S ...
 ceiling (the machine's parallel ceiling): P independent 1-worker sync runs side by side, one per core.
 Once per study, first: the Horovod allreduce microbenchmark at np=2 (allreduce.json), for the local
-profile; it also measures the per-worker matmul peak the trainers then take as --peak-gflops.
+profile.
 
 Resumable: a run id already in runs.jsonl with status "ok" is skipped. A failed run is appended with
 status "failed" and its error, and the sweep goes on. No TensorFlow import here.
@@ -25,7 +25,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from train.record import REQUIRED_FIELDS, SCHEMA_VERSION, append_record, now_iso, read_records
+from train import record
+from train.record import append_record, now_iso, read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +63,7 @@ class SweepConfig:
 
     @property
     def runs_path(self) -> str:
-        return os.path.join(self.study_dir, "runs.jsonl")
+        return record.runs_path(self.results_dir, self.study)
 
 
 @dataclass(frozen=True)
@@ -137,25 +138,15 @@ def _horovodrun(cfg: SweepConfig) -> str:
     return here if os.path.exists(here) else (shutil.which("horovodrun") or "horovodrun")
 
 
-def trainer_flags(cfg: SweepConfig, run: Run, run_id: str, tag: str) -> list[str]:
-    peak = _bench_peak(cfg)
-    return (["--peak-gflops", f"{peak:.3f}"] if peak else []) + ["--dataset", cfg.dataset, "--head", run.head, "--width", str(cfg.width),
+def trainer_flags(cfg: SweepConfig, run: Run, run_id: str, role: str = "main", copies: int = 1) -> list[str]:
+    return ["--dataset", cfg.dataset, "--head", run.head, "--width", str(cfg.width),
             "--image-size", str(run.image_size), "--per-worker-batch", str(cfg.per_worker_batch),
             "--epochs", str(cfg.epochs), "--steps-per-epoch", str(cfg.steps_per_epoch),
             "--warmup-steps", str(cfg.warmup_steps), "--compression", run.compression,
             "--intra-op-threads", str(cfg.intra_op_threads),
             "--results-dir", os.path.abspath(cfg.results_dir), "--study", cfg.study,
-            "--run-id", run_id, "--tag", tag] + (["--lr", repr(cfg.lr)] if cfg.lr else []) \
+            "--run-id", run_id, "--role", role, "--copies", str(copies)] + (["--lr", repr(cfg.lr)] if cfg.lr else []) \
         + (["--seed", str(run.repeat)] if cfg.seed_per_repeat else [])
-
-
-def _bench_peak(cfg: SweepConfig) -> float | None:
-    """The per-worker matmul peak the microbenchmark measured once for the study (None: none yet)."""
-    try:
-        with open(os.path.join(cfg.study_dir, "allreduce.json"), encoding="utf-8") as f:
-            return float(json.load(f)["peak_gflops_per_worker"]) or None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def commands(cfg: SweepConfig, run: Run) -> list[tuple[str, list[str]]]:
@@ -167,18 +158,16 @@ def commands(cfg: SweepConfig, run: Run) -> list[tuple[str, list[str]]]:
         out = []
         for i in range(run.workers):
             rid = run.run_id(i)
-            tag = f"role=ceiling;copies={run.workers};pin={cores[i] if pinned else 'none'}"
             argv = [_horovodrun(cfg), "--gloo", "-np", "1", "-H", "localhost:1",
-                    py, "-m", "train.sync_allreduce", *trainer_flags(cfg, run, rid, tag)]
+                    py, "-m", "train.sync_allreduce", *trainer_flags(cfg, run, rid, "ceiling", run.workers)]
             if pinned:
                 argv = ["taskset", "-c", str(cores[i]), *argv]
             out.append((rid, argv))
         return out
     rid = run.run_id()
     use = cores[:run.workers]
-    tag = f"role=main;pin={','.join(map(str, use)) if pinned else 'none'}"
     if run.mode == "sync":
-        inner = [py, "-m", "train.sync_allreduce", *trainer_flags(cfg, run, rid, tag)]
+        inner = [py, "-m", "train.sync_allreduce", *trainer_flags(cfg, run, rid)]
         if pinned:
             inner = [py, "-m", "compare.pin", "--cores", ",".join(map(str, use)), "--", *inner]
         argv = [_horovodrun(cfg), "--gloo", "-np", str(run.workers), "-H", f"localhost:{run.workers}", *inner]
@@ -186,7 +175,7 @@ def commands(cfg: SweepConfig, run: Run) -> list[tuple[str, list[str]]]:
         # The local PS launcher starts chief, workers and PS shards itself (they inherit the
         # affinity): the whole cluster gets the same p cores the sync arm's p ranks get.
         argv = [py, "-m", "train.async_ps", "--workers", str(run.workers), "--ps", str(cfg.ps),
-                *trainer_flags(cfg, run, rid, tag)]
+                *trainer_flags(cfg, run, rid)]
         if pinned:
             argv = ["taskset", "-c", ",".join(map(str, use)), *argv]
     return [(rid, argv)]
@@ -199,18 +188,13 @@ def _tail(text: str, lines: int = 6, chars: int = 1500) -> str:
 
 def failed_record(cfg: SweepConfig, run: Run, run_id: str, started_at: str, error: str,
                   argv: list[str], returncode: int | None) -> dict:
-    rec = {k: None for k in REQUIRED_FIELDS}
-    rec.update({
-        "schema_version": SCHEMA_VERSION, "run_id": run_id, "started_at": started_at, "status": "failed",
+    return record.failed_record(study=cfg.study, run_id=run_id, started_at=started_at, error=error,
+                                command=argv, returncode=returncode, facts={
         "mode": run.mode, "model": "cnn11", "head": run.head, "width": cfg.width, "dataset": cfg.dataset,
         "image_size": run.image_size, "num_workers": 1 if run.kind == "ceiling" else run.workers,
         "num_ps": cfg.ps if run.mode == "async" else 0, "per_worker_batch": cfg.per_worker_batch,
-        "compression": run.compression, "tag": f"role={run.kind}",
-        "error": error, "returncode": returncode, "command": shlex.join(argv),
-        "versions": {"python": platform.python_version()}, "hosts": [platform.node()],
-        "config": {}, "finished_at": now_iso(),
-    })
-    return rec
+        "compression": run.compression, "role": run.kind,
+        "copies": run.workers if run.kind == "ceiling" else 1, "config": {}})
 
 
 def _kill_group(proc: subprocess.Popen, grace: float = 20.0) -> None:

@@ -45,3 +45,31 @@ def records(results_dir: Path, study: str = "t") -> list[dict]:
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     return tmp_path / "results"
+
+
+def assert_mfu_in_range(root: Path) -> None:
+    """Every record under `root` with an MFU has 0 < MFU <= 1; every ok trainer record has one."""
+    import json
+
+    for path in root.rglob("runs.jsonl"):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(rec, dict):
+                continue
+            mfu = rec.get("mfu")
+            where = f"{path} run {rec.get('run_id')}"
+            assert mfu is None or 0 < mfu <= 1, f"MFU {mfu} outside (0, 1] in {where}"
+            if rec.get("status") == "ok" and rec.get("images_per_sec") and "peak_source" in rec:
+                assert mfu is not None, f"ok record without MFU in {where}"
+
+
+@pytest.fixture(autouse=True)
+def _mfu_in_range_on_every_record_written(request):
+    """0 < MFU <= 1 on every record a test leaves in its tmp_path (the issue's must-show)."""
+    root = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if root is not None:
+        assert_mfu_in_range(root)

@@ -19,7 +19,7 @@ import pytest
 from train import record
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--width", "0.25", "--image-size", "32", "--per-worker-batch", "32", "--peak-gflops", "100"]
+SMALL = ["--width", "0.25", "--image-size", "32", "--per-worker-batch", "32"]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 ENV.pop("TF_CONFIG", None)
 for key in [k for k in ENV if k.startswith("SLURM_")]:

@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -45,6 +46,28 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert err.count("\n") == 1 and message in err
 
 
+def test_role_and_copies_replace_tag(tmp_path):
+    cfg, _ = parse_config(["--role", "ceiling", "--copies", "2", "--results-dir", str(tmp_path)], arm="sync")
+    assert (cfg.role, cfg.copies) == ("ceiling", 2)
+    assert cfg.runs_path == record.runs_path(str(tmp_path), "local") == str(tmp_path / "local" / "runs.jsonl")
+    rec = record.base_record(cfg, "sync", "r", record.now_iso())
+    assert (rec["role"], rec["copies"], rec["study"]) == ("ceiling", 2, "local")
+    assert rec["cpu_affinity"] == sorted(os.sched_getaffinity(0)) and rec["host"] == socket.gethostname()
+    assert rec["intra_op_threads"] == len(os.sched_getaffinity(0))  # 0 asked: TensorFlow's default
+    assert "tag" not in rec and "--tag" not in build_parser("sync").format_help()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--role", "bench"], "unknown role 'bench'"),
+    (["--copies", "0"], "--copies must be > 0"),
+    (["--tag", "role=main"], "unrecognized arguments: --tag"),
+])
+def test_bad_role_or_copies(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_config(argv + ["--results-dir", str(tmp_path)], arm="async", prog="t")
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_unwritable_results_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -79,6 +102,54 @@ def test_record_missing_field_is_refused_and_nothing_written(tmp_path):
     with pytest.raises(ValueError, match="images_per_sec"):
         record.append_record(str(tmp_path / "runs.jsonl"), rec)
     assert not (tmp_path / "runs.jsonl").exists()
+
+
+@pytest.mark.parametrize("mfu", [0.0, 1.0001, 2.5, -0.1])
+def test_mfu_outside_0_1_is_refused(mfu, tmp_path):
+    with pytest.raises(ValueError, match="mfu"):
+        record.append_record(str(tmp_path / "runs.jsonl"), _fake(mfu=mfu))
+    assert not (tmp_path / "runs.jsonl").exists()
+    record.append_record(str(tmp_path / "runs.jsonl"), _fake(mfu=None))  # not measured: allowed
+
+
+def test_failed_record_has_the_full_schema(tmp_path):
+    rec = record.failed_record(study="s", run_id="f1", started_at=record.now_iso(), error="exit code 1",
+                               command=["python", "-m", "train.sync_allreduce", "--x", "a b"], returncode=1,
+                               facts={"mode": "sync", "num_workers": 2, "head": "gap", "link": {"rate": None}})
+    assert set(record.REQUIRED_FIELDS) <= set(rec) and record.problems(rec) == []
+    assert rec["status"] == "failed" and rec["schema_version"] == record.SCHEMA_VERSION
+    assert (rec["role"], rec["copies"], rec["host"], rec["study"]) == ("main", 1, socket.gethostname(), "s")
+    assert rec["git_sha"] == record.git_state()[0] and rec["versions"]["python"].startswith("3.11")
+    assert rec["command"] == "python -m train.sync_allreduce --x 'a b'" and rec["link"] == {"rate": None}
+    assert rec["images_per_sec"] is None and rec["mfu"] is None
+    path = str(tmp_path / "s" / "runs.jsonl")
+    record.append_record(path, rec)
+    assert record.read_valid(path) == ([json.loads(json.dumps(rec))], 0)
+
+
+def test_read_valid_rejects_torn_lines_and_records_lacking_fields(tmp_path):
+    path = tmp_path / "hand-made.jsonl"  # not runs.jsonl: the conftest's MFU check skips these on purpose
+    record.append_record(str(path), _fake("ok1"))
+    bad = [{"mode": "sync"}, {**_fake("x"), "num_workers": 0}, {**_fake("y"), "status": "maybe"},
+           {**_fake("z"), "num_workers": "2"}, {**_fake("w"), "role": None}, {**_fake("v"), "mfu": 2.5},
+           {**_fake("u"), "num_workers": True}, [1, 2]]
+    with open(path, "a") as f:
+        for b in bad:
+            f.write(json.dumps(b) + "\n")
+        f.write('{"run_id": "torn", "mode": ')
+    recs, rejected = record.read_valid(str(path))
+    assert [r["run_id"] for r in recs] == ["ok1"] and rejected == len(bad) + 1
+    assert record.read_valid(str(tmp_path / "none.jsonl")) == ([], 0)
+
+
+def test_done_run_ids_same_host_same_commit_ok_only(tmp_path):
+    path = str(tmp_path / "runs.jsonl")
+    here, sha = socket.gethostname(), "a" * 40
+    for rid, kw in [("done", {}), ("other-host", {"host": "elsewhere"}), ("other-commit", {"git_sha": "b" * 40}),
+                    ("failed", {"status": "failed"})]:
+        record.append_record(path, _fake(rid, **{"host": here, "git_sha": sha, **kw}))
+    assert record.done_run_ids(path, host=here, git_sha=sha) == {"done"}
+    assert record.done_run_ids(str(tmp_path / "none.jsonl"), host=here, git_sha=sha) == set()
 
 
 def test_concurrent_appends_stay_whole_lines(tmp_path):

@@ -62,6 +62,7 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
 
     measure.configure_threads(cfg.intra_op_threads)
     measure.set_precision(cfg.precision)
+    peak = measure.peak_gflops(cfg)
     tf.keras.utils.set_random_seed(cfg.seed)
     try:
         spec = data.describe(cfg)
@@ -110,7 +111,7 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
         return 0
     rec = record.base_record(cfg, mode="async", run_id=run_id, started_at=started_at)
     rec.update(measure.run_summary(cfg, meter.result(), meter.curve, spec.num_classes, num_workers,
-                                   global_batch, steps=applied))
+                                   global_batch, steps=applied, peak=peak))
     rec.update({"num_ps": num_ps, "hosts": sorted({a.split(":")[0] for t in jobs.values() for a in t}
                                                   | {socket.gethostname()}), "weights_sha256": [digest],
                 "resumed_from_epoch": initial_epoch or None,

@@ -8,10 +8,13 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
+from train import record
+
 DATASETS = ("synthetic", "digits", "imagenet2012")  # plus folder:PATH
 HEADS = ("gap", "fc4096")
 COMPRESSIONS = ("none", "fp16")
 PRECISIONS = ("fp32", "mixed_fp16", "mixed_bf16")
+CLI_ROLES = tuple(r for r in record.ROLES if r != "bench")  # a bench is not a training run
 
 
 class ConfigError(ValueError):
@@ -44,7 +47,6 @@ class RunConfig:
     precision: str = _opt("fp32 | mixed_fp16 | mixed_bf16 (mixed precision is for GPUs)", "fp32")
     seed: int = _opt("random seed", 0)
     intra_op_threads: int = _opt("TensorFlow intra-op threads per process (0: TensorFlow's default)", 0)
-    peak_gflops: float = _opt("peak GFLOP/s per worker for MFU (0: measure a fp32 matmul here)", 0.0)
     # Async cluster (the local launcher)
     workers: int = _opt("worker processes of the local cluster", 1, ("async",))
     ps: int = _opt("parameter-server processes (variables are sharded over them)", 1, ("async",))
@@ -52,12 +54,13 @@ class RunConfig:
     results_dir: str = _opt("results root; the record goes to RESULTS_DIR/STUDY/runs.jsonl", "results")
     study: str = _opt("study name", "local")
     run_id: str = _opt("run id (default: SLURM_JOB_ID or a timestamp)", "")
-    tag: str = _opt("free-form label stored in the record", "")
+    role: str = _opt("main (a run of the study) | ceiling (one of --copies independent runs side by side)", "main")
+    copies: int = _opt("how many independent copies of this run ran side by side", 1)
     checkpoint_dir: str = _opt("save model+optimizer here every epoch; a rerun resumes from the newest", "")
 
     @property
     def runs_path(self) -> str:
-        return os.path.join(self.results_dir, self.study, "runs.jsonl")
+        return record.runs_path(self.results_dir, self.study)
 
     def validate(self) -> "RunConfig":
         """Raise ConfigError naming the first bad value; checks the results dir is writable."""
@@ -77,7 +80,9 @@ class RunConfig:
             raise ConfigError(f"unknown compression {self.compression!r}; choose {', '.join(COMPRESSIONS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
-        positive = {"per-worker-batch": self.per_worker_batch, "epochs": self.epochs,
+        if self.role not in CLI_ROLES:
+            raise ConfigError(f"unknown role {self.role!r}; choose {', '.join(CLI_ROLES)}")
+        positive = {"per-worker-batch": self.per_worker_batch, "epochs": self.epochs, "copies": self.copies,
                     "workers": self.workers, "ps": self.ps, "lr": self.lr, "width": self.width,
                     "num-classes": self.num_classes}
         for name, value in positive.items():
@@ -85,7 +90,7 @@ class RunConfig:
                 raise ConfigError(f"--{name} must be > 0, got {value}")
         nonnegative = {"steps-per-epoch": self.steps_per_epoch, "warmup-steps": self.warmup_steps,
                        "lr-warmup-epochs": self.lr_warmup_epochs, "intra-op-threads": self.intra_op_threads,
-                       "peak-gflops": self.peak_gflops, "momentum": self.momentum}
+                       "momentum": self.momentum}
         for name, value in nonnegative.items():
             if value < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {value}")

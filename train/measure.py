@@ -1,4 +1,4 @@
-"""What both trainers measure: thread set-up, the matmul peak for MFU, the weights digest, the curve."""
+"""What both trainers measure: thread set-up, the spec peak for MFU, the weights digest, the curve."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from train import record
+from train.peak import cpu_peak_gflops
 
 
 def configure_threads(intra_op_threads: int) -> None:
@@ -25,20 +26,8 @@ def set_precision(precision: str) -> None:
 
 
 def peak_gflops(cfg) -> tuple[float, str]:
-    """(peak GFLOP/s of one worker, where it came from) for the MFU figure."""
-    if cfg.peak_gflops:
-        return cfg.peak_gflops, "given with --peak-gflops"
-    n, reps = 2048, 5
-    a = tf.random.uniform((n, n))
-    b = tf.random.uniform((n, n))
-    tf.linalg.matmul(a, b).numpy()  # warm-up
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        tf.linalg.matmul(a, b).numpy()
-        best = min(best, time.perf_counter() - t0)
-    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    return 2 * n**3 / best / 1e9, f"measured: best of {reps} fp32 {n}x{n} matmuls on this {device}, same threads"
+    """(peak GFLOP/s of one worker, how it was derived): the CPU spec's upper bound for its threads."""
+    return cpu_peak_gflops(record.effective_intra_op_threads(cfg.intra_op_threads))
 
 
 def weights_digest(model: tf.keras.Model) -> str:
@@ -95,13 +84,13 @@ class StepMeter(tf.keras.callbacks.Callback):
 
 
 def run_summary(cfg, throughput: dict, curve: list[dict], num_classes: int, num_workers: int,
-                global_batch: int, steps: int, peak: tuple[float, str] | None = None) -> dict:
+                global_batch: int, steps: int, peak: tuple[float, str]) -> dict:
     """Record fields both trainers share: throughput, FLOPs, MFU, the curve and final metrics."""
     from train.model import gradient_bytes, train_flops_per_image, trainable_params
 
     gflop = train_flops_per_image(cfg.image_size, num_classes, cfg.head, cfg.width) / 1e9
     ips = throughput["images_per_sec"]
-    peak, peak_source = peak or peak_gflops(cfg)  # best measured before training, under the same load
+    peak_per_worker, peak_source = peak
     achieved = ips * gflop if ips else None
     last = curve[-1] if curve else {}
     return {
@@ -109,8 +98,8 @@ def run_summary(cfg, throughput: dict, curve: list[dict], num_classes: int, num_
         "steps": steps, "epochs": cfg.epochs, "warmup_steps": cfg.warmup_steps,
         **throughput,
         "train_gflop_per_img": gflop, "achieved_gflops": achieved,
-        "mfu": achieved / (peak * num_workers) if achieved else None,
-        "peak_gflops_per_worker": peak, "peak_source": peak_source,
+        "mfu": achieved / (peak_per_worker * num_workers) if achieved else None,
+        "peak_gflops_per_worker": peak_per_worker, "peak_source": peak_source,
         "trainable_params": trainable_params(cfg.image_size, num_classes, cfg.head, cfg.width),
         "gradient_bytes": gradient_bytes(cfg.image_size, num_classes, cfg.head, cfg.width, cfg.compression),
         "curve": curve,

@@ -7,18 +7,51 @@ import fcntl
 import json
 import os
 import platform
+import shlex
 import socket
 import statistics
 import subprocess
 import sys
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REQUIRED_FIELDS = (
     "schema_version", "run_id", "started_at", "status", "mode", "model", "head", "dataset", "image_size",
     "num_workers", "num_ps", "per_worker_batch", "global_batch", "steps", "warmup_steps",
     "images_per_sec", "images_per_sec_se", "step_time_s", "train_gflop_per_img", "achieved_gflops",
     "mfu", "compression", "versions", "hosts", "slurm_job_id", "git_sha", "git_dirty", "config",
+    "study", "role", "copies", "cpu_affinity", "intra_op_threads", "host",
 )
+STATUSES = ("ok", "failed")
+ROLES = ("main", "ceiling", "bench")  # main: the study's runs; ceiling: independent 1-worker copies side by side
+
+# The basic type of every required field; None is allowed except for the fields in NOT_NULL.
+_NUM = (int, float)
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "schema_version": int, "run_id": str, "started_at": str, "status": str, "mode": str, "model": str,
+    "head": str, "dataset": str, "image_size": int, "num_workers": int, "num_ps": int,
+    "per_worker_batch": int, "global_batch": int, "steps": int, "warmup_steps": int,
+    "images_per_sec": _NUM, "images_per_sec_se": _NUM, "step_time_s": dict, "train_gflop_per_img": _NUM,
+    "achieved_gflops": _NUM, "mfu": _NUM, "compression": str, "versions": dict, "hosts": list,
+    "slurm_job_id": str, "git_sha": str, "git_dirty": bool, "config": dict, "study": str, "role": str,
+    "copies": int, "cpu_affinity": list, "intra_op_threads": int, "host": str,
+}
+NOT_NULL = ("schema_version", "run_id", "started_at", "status", "mode", "num_workers", "study", "role",
+            "copies", "host")
+
+
+def runs_path(results_dir: str, study: str) -> str:
+    """results/<study>/runs.jsonl: the one place this path is built."""
+    return os.path.join(results_dir, study, "runs.jsonl")
+
+
+def cpu_affinity() -> list[int]:
+    """The cores this process may run on (its affinity mask), sorted."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def effective_intra_op_threads(requested: int) -> int:
+    """Intra-op threads TensorFlow uses: the requested number, or (0) its default, one per schedulable core."""
+    return requested if requested > 0 else len(os.sched_getaffinity(0))
 
 
 def now_iso() -> str:
@@ -120,18 +153,77 @@ def base_record(cfg, mode: str, run_id: str, started_at: str) -> dict:
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "started_at": started_at, "status": "ok",
         "mode": mode, "model": "cnn11", "head": cfg.head, "width": cfg.width, "dataset": cfg.dataset,
         "image_size": cfg.image_size, "per_worker_batch": cfg.per_worker_batch,
-        "compression": cfg.compression, "precision": cfg.precision, "tag": cfg.tag,
-        "versions": versions(), "hosts": [socket.gethostname()],
+        "compression": cfg.compression, "precision": cfg.precision,
+        "study": cfg.study, "role": cfg.role, "copies": cfg.copies, "cpu_affinity": cpu_affinity(),
+        "intra_op_threads": effective_intra_op_threads(cfg.intra_op_threads),
+        "versions": versions(), "host": socket.gethostname(), "hosts": [socket.gethostname()],
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "git_sha": sha, "git_dirty": dirty,
         "config": dataclasses.asdict(cfg), "finished_at": None, "link": link_info(),
     }
 
 
-def append_record(path: str, record: dict) -> None:
-    """Append one JSON line as a single write under an exclusive lock; never leaves a partial line."""
-    missing = [k for k in REQUIRED_FIELDS if k not in record]
+def failed_record(*, study: str, run_id: str, started_at: str, error: str, command: str | list[str],
+                  returncode: int | None, facts: dict) -> dict:
+    """A full-schema record of a run that did not finish: every backend's failures go through this.
+
+    The writer's git state, versions and host are filled here; every other required field comes from
+    `facts` (what the launcher knew: mode, num_workers, head, ...) or is None. role and copies default
+    to the trainer's own defaults (main, 1).
+    """
+    sha, dirty = git_state()
+    rec: dict = {k: None for k in REQUIRED_FIELDS}
+    rec.update({"role": "main", "copies": 1})
+    rec.update(facts)
+    rec.update({
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "started_at": started_at, "status": "failed",
+        "study": study, "error": error, "returncode": returncode,
+        "command": command if isinstance(command, str) else shlex.join(command),
+        "git_sha": sha, "git_dirty": dirty, "versions": versions(), "host": socket.gethostname(),
+        "finished_at": now_iso(),
+    })
+    if rec["hosts"] is None:
+        rec["hosts"] = [rec["host"]]
+    return rec
+
+
+def problems(rec: object) -> list[str]:
+    """What makes `rec` not a valid record (empty: valid): missing fields, wrong basic types, bad values."""
+    if not isinstance(rec, dict):
+        return ["not a JSON object"]
+    missing = [k for k in REQUIRED_FIELDS if k not in rec]
     if missing:
-        raise ValueError(f"record lacks fields: {', '.join(missing)}")
+        return [f"lacks fields: {', '.join(missing)}"]
+    out = []
+    for name, kind in FIELD_TYPES.items():
+        value = rec[name]
+        if value is None:
+            if name in NOT_NULL:
+                out.append(f"{name} is null")
+        elif isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            out.append(f"{name} has type {type(value).__name__}")
+    if out:
+        return out
+    if rec["status"] not in STATUSES:
+        out.append(f"status {rec['status']!r} not in {STATUSES}")
+    if rec["role"] not in ROLES:
+        out.append(f"role {rec['role']!r} not in {ROLES}")
+    for name in ("num_workers", "copies"):
+        if rec[name] < 1:
+            out.append(f"{name} must be >= 1, got {rec[name]}")
+    if rec["mfu"] is not None and not 0 < rec["mfu"] <= 1:  # achieved above peak: the peak is wrong
+        out.append(f"mfu {rec['mfu']} outside (0, 1] (peak {rec.get('peak_gflops_per_worker')} GFLOP/s "
+                   f"per worker from: {rec.get('peak_source')})")
+    return out
+
+
+def append_record(path: str, record: dict) -> None:
+    """Append one JSON line as a single write under an exclusive lock; never leaves a partial line.
+
+    The only writer of run records: a record `read_valid` would reject is refused (ValueError).
+    """
+    bad = problems(record)
+    if bad:
+        raise ValueError(f"record {record.get('run_id')!r} {'; '.join(bad)}")
     append_json_line(path, record)
 
 
@@ -152,6 +244,22 @@ def append_json_line(path: str, obj: dict) -> None:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def read_valid(path: str) -> tuple[list[dict], int]:
+    """The valid records of a runs.jsonl (see `problems`) and how many lines were rejected
+    (torn or unparsable lines plus records lacking fields or with wrong types). No file: ([], 0)."""
+    if not os.path.exists(path):
+        return [], 0
+    recs, torn = read_records(path)
+    valid = [r for r in recs if not problems(r)]
+    return valid, len(torn) + len(recs) - len(valid)
+
+
+def done_run_ids(path: str, *, host: str, git_sha: str) -> set[str]:
+    """run_ids of the valid status-"ok" records made on `host` at commit `git_sha`: "already done"."""
+    return {r["run_id"] for r in read_valid(path)[0]
+            if r["status"] == "ok" and r["host"] == host and r["git_sha"] == git_sha}
 
 
 def read_records(path: str) -> tuple[list[dict], list[int]]:

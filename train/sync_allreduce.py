@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = record.now_iso()
     measure.configure_threads(cfg.intra_op_threads)  # before anything starts TensorFlow's runtime
     measure.set_precision(cfg.precision)
+    peak = measure.peak_gflops(cfg)
 
     # Horovod: one process per device; pin one GPU per local rank when there are GPUs.
     hvd.init()
@@ -79,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     initial_epoch = resume[0] if resume else 0
     if resume:
         checkpoint.restore(resume[1], state)
-    peak = measure.peak_gflops(cfg)  # all ranks at once: each gets its fair share of the machine
     meter = measure.StepMeter(cfg.warmup_steps, images_per_step=global_batch)
     callbacks = [
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # Horovod: same initial weights everywhere
