@@ -28,6 +28,7 @@
 #   --cpus-per-task C     CPUs (and TensorFlow intra-op threads) per task (default: SLURM's, 1)
 #   --bench-model SPEC    HEAD,IMAGE_SIZE,WIDTH,CLASSES of the allreduce bench (default: from the trainer
 #                         args --head/--image-size/--width/--num-classes/--dataset)
+#   --bench-nodes 1|2     nodes of the bench's 2 ranks (default: 2 when a point of the sweep spans nodes)
 #   --no-bench            submit no allreduce bench (the report then makes no model prediction)
 #   --no-exclusive        let training jobs share nodes
 #   --sbatch-arg ARG      extra argument for every training sbatch (repeatable), e.g. --sbatch-arg=--partition=gpu
@@ -57,6 +58,7 @@ cpu=0
 cpus_per_task=
 bench=1
 bench_model=
+bench_nodes=
 exclusive=1
 dry=0
 project_dir=$(cd "$here/.." && pwd)
@@ -81,6 +83,7 @@ while (($#)); do
     --cpu) cpu=1; shift ;;
     --cpus-per-task) need "$@"; cpus_per_task=$2; shift 2 ;;
     --bench-model) need "$@"; bench_model=$2; shift 2 ;;
+    --bench-nodes) need "$@"; bench_nodes=$2; shift 2 ;;
     --no-bench) bench=0; shift ;;
     --no-exclusive) exclusive=0; shift ;;
     --sbatch-arg) need "$@"; sbatch_extra+=("$2"); shift 2 ;;
@@ -104,6 +107,7 @@ int_re='^[1-9][0-9]*$'
 [[ $gpn =~ $int_re ]] || die "--gpus-per-node must be a positive integer, got '$gpn'"
 [[ $ps_per_node =~ $int_re ]] || die "--ps-per-node must be a positive integer, got '$ps_per_node'"
 [[ -z $ps_total || $ps_total =~ $int_re ]] || die "--ps must be a positive integer, got '$ps_total'"
+[[ -z $bench_nodes || $bench_nodes == [12] ]] || die "--bench-nodes must be 1 or 2, got '$bench_nodes'"
 [[ -z $cpus_per_task || $cpus_per_task =~ $int_re ]] || die "--cpus-per-task must be a positive integer, got '$cpus_per_task'"
 [[ $study =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] || die "bad study name '$study'"
 IFS=, read -ra gpus_arr <<<"$gpus_list"
@@ -145,7 +149,7 @@ log_dir=${log_dir:-$results_dir/$study/logs}
 manifest=$results_dir/$study/sweeps/$(date +%Y%m%d-%H%M%S)-$$.tsv
 if (( ! dry )); then
   mkdir -p "$log_dir" "$(dirname "$manifest")"
-  printf 'job_id\tname\ttrainer\tgpus\tnodes\ttasks\tnum_ps\tlog\n' >"$manifest"
+  printf 'job_id\tname\ttrainer\tgpus\tnodes\ttasks\tnum_ps\tlog\tcommand\n' >"$manifest"
 fi
 
 show() {  # print a command line that can be pasted back into a shell
@@ -170,15 +174,15 @@ submit() {  # submit NAME TRAINER GPUS NODES TASKS NUM_PS SBATCH-ARGS... -- SCRI
     if ! id=$("${cmd[@]}" 2>"$manifest.err"); then  # e.g. more nodes than the cluster has: go on
       err=$(tr '\t\n' '  ' <"$manifest.err")
       echo "sweep.sh: warning: not submitted: $name: $err" >&2
-      printf 'none\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$trainer" "$g" "$nodes" "$tasks" "$nps" \
-        "$err" >>"$manifest"
+      printf 'none\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$trainer" "$g" "$nodes" "$tasks" "$nps" \
+        "$err" "$(show "${cmd[@]}")" >>"$manifest"
       not_submitted+=("$name")
       return 0
     fi
     id=${id%%;*}
     job_ids+=("$id")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$name" "$trainer" "$g" "$nodes" "$tasks" "$nps" \
-      "$log_dir/slurm-$name-$id.out" >>"$manifest"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$name" "$trainer" "$g" "$nodes" "$tasks" "$nps" \
+      "$log_dir/slurm-$name-$id.out" "$(show "${cmd[@]}")" >>"$manifest"
     echo "submitted $name: job $id ($nodes node(s), $tasks task(s))"
   fi
 }
@@ -204,7 +208,7 @@ per_task=()
 max_g=0
 for g in "${gpus_arr[@]}"; do (( g > max_g )) && max_g=$g; done
 if (( bench )); then  # 2 ranks across a node boundary when the study has one (gpn < 2: it must)
-  if (( max_g > gpn || gpn < 2 )); then bnodes=2 bper=1; else bnodes=1 bper=2; fi
+  bnodes=${bench_nodes:-$(( max_g > gpn || gpn < 2 ? 2 : 1 ))} bper=$(( bnodes == 2 ? 1 : 2 ))
   args=(--job-name=bench --output="$log_dir/slurm-bench-%j.out" --nodes="$bnodes" --ntasks=2
         --ntasks-per-node="$bper" --export="$export_base" "${per_task[@]}")
   (( exclusive )) && args+=(--exclusive)

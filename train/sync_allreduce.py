@@ -99,12 +99,13 @@ def main(argv: list[str] | None = None) -> int:
 
     digests = allgather_object(measure.weights_digest(model))  # Horovod: ranks must agree
     hosts = allgather_object(socket.gethostname())  # Horovod:
+    affinities = allgather_object(record.cpu_affinity())  # Horovod: every rank's cores, not just the writer's
     if not is_writer:
         return 0
     rec = record.base_record(cfg, mode="sync", run_id=run_id, started_at=started_at)
     rec.update(measure.run_summary(cfg, meter.result(), meter.curve, spec.num_classes, num_workers,
                                    global_batch, steps=int(optimizer.iterations.numpy()), peak=peak))
-    rec.update({"num_ps": 0, "hosts": sorted(set(hosts)), "weights_sha256": digests,
+    rec.update({"num_ps": 0, "hosts": sorted(set(hosts)), "rank_cpu_affinity": affinities, "weights_sha256": digests,
                 "resumed_from_epoch": initial_epoch or None, "engine": "horovod",
                 "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo"})
     record.append_record(cfg.runs_path, rec)
