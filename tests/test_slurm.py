@@ -83,6 +83,10 @@ class Slurm:
 
 
 def bring_up(state_dir: Path, *args: str) -> Slurm:
+    """`up` in state_dir; where SLURM cannot run here, skip (fail under CI) saying why."""
+    reason = why_no_slurm()
+    if reason:
+        unavailable(reason)
     p = localcluster("up", "--state-dir", str(state_dir), *args)
     if p.returncode != 0:
         localcluster("down", "--state-dir", str(state_dir))
@@ -93,9 +97,6 @@ def bring_up(state_dir: Path, *args: str) -> Slurm:
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory) -> Slurm:
     """One-node SLURM on this machine for the whole session (python -m slurm.localcluster up --nodes 1)."""
-    reason = why_no_slurm()
-    if reason:
-        unavailable(reason)
     state = tmp_path_factory.mktemp("slurm-1node")
     cluster = bring_up(state, "--nodes", "1")
     yield cluster
@@ -283,9 +284,6 @@ def netns_list() -> list[str]:
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory) -> Slurm:
-    reason = why_no_slurm()
-    if reason:
-        unavailable(reason)
     state = tmp_path_factory.mktemp("slurm-2node")
     net_id = free_net_id()
     cluster = bring_up(state, "--nodes", "2", "--link", "1gbit", "--net-id", str(net_id))
@@ -375,9 +373,6 @@ def test_two_node_async_sbatch(two_nodes, tmp_path):
 
 @pytest.mark.slurm
 def test_down_leaves_nothing_behind(tmp_path):
-    reason = why_no_slurm()
-    if reason:
-        unavailable(reason)
     state = tmp_path / "lc"
     net_id = free_net_id()
     cluster = bring_up(state, "--nodes", "2", "--link", "1gbit", "--net-id", str(net_id))

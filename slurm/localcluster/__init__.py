@@ -17,6 +17,12 @@ collide in the shared /tmp). slurmd is started with `nsenter --net` + `unshare -
 shaped with tc: a token bucket for --link (e.g. 10gbit, 1gbit, 200mbit) and netem for --delay (one-way
 ms), so each packet between two nodes crosses exactly one shaped link.
 
+Tasks are bound to cores (TaskPlugin=task/affinity; `srun --cpu-bind=cores`). The emulated nodes share
+this machine's cores, and task/affinity numbers a node's cores from the machine's topology, so node K
+declares all of them and reserves (CpuSpecList) every core but its own block (cpus_per_node wide), and its
+slurmd runs confined to that block (taskset): on 2 cores and 2 nodes, n1's tasks run on core 0 and n2's on
+core 1, not both on core 0.
+
 `up` is idempotent: daemons already running are kept; only missing pieces are (re)started; with the same
 node count a new --link/--delay re-shapes the links in place. `down` cancels every job, stops every
 process it started (by pid, after checking the pid is still that program), kills what remains inside its
