@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=1, help="SLURM nodes (1: plain one-node cluster; >1: netns)")
     ap.add_argument("--link", default=None, help="per-node link rate for tc tbf, e.g. 10gbit, 1gbit, 200mbit")
     ap.add_argument("--delay", type=float, default=None, help="one-way delay per link in ms (tc netem)")
-    ap.add_argument("--cpus-per-node", type=int, default=None, help="CPUs each node declares (default nproc/N)")
+    ap.add_argument("--cpus-per-node", type=int, default=None, help="CPUs (cores of this machine) each node gets (default nproc/N, at least 1)")
     ap.add_argument("--net-id", type=int, default=int(os.environ.get("LOCALCLUSTER_NET_ID", 77)),
                     help="multi-node: bridge br<ID>, subnet 10.<ID>.0.0/24, namespaces lc<ID>n<K>")
     ap.add_argument("--state-dir", default=DEFAULT_STATE, help="configs, logs, spool, pids (default %(default)s)")
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         die(f"--nodes must be <= 200 (addresses 10.ID.0.11..210), got {a.nodes}", 2)
     if a.cpus_per_node is not None and a.cpus_per_node < 1:
         die(f"--cpus-per-node must be >= 1, got {a.cpus_per_node}", 2)
+    if a.nodes > 1 and (a.cpus_per_node or 0) > (os.cpu_count() or 1):  # a node's cores are this machine's
+        die(f"--cpus-per-node must be <= {os.cpu_count()} (this machine's cores) with --nodes > 1", 2)
     if a.delay is not None and a.delay < 0:
         die(f"--delay must be >= 0 ms, got {a.delay}", 2)
     if a.link not in (None, "", "none", "unlimited") and not RATE_RE.match(a.link):
