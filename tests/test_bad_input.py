@@ -28,6 +28,8 @@ CASES = [
      "results dir is not writable"),
     ("sync-checkpoint-dir-unwritable", [PY, "-m", "train.sync_allreduce", "--checkpoint-dir", "{F}/ck"], {},
      "not writable"),
+    ("sync-unknown-role", [PY, "-m", "train.sync_allreduce", "--role", "bench"], {}, "unknown role 'bench'"),
+    ("async-zero-copies", [PY, "-m", "train.async_ps", "--copies", "0"], {}, "--copies must be > 0"),
     ("async-zero-ps", [PY, "-m", "train.async_ps", "--ps", "0"], {}, "--ps must be > 0"),
     ("async-zero-workers", [PY, "-m", "train.async_ps", "--workers", "0"], {}, "--workers must be > 0"),
     ("async-malformed-tf-config", [PY, "-m", "train.async_ps"], {"TF_CONFIG": BAD_TF_CONFIG}, "malformed TF_CONFIG"),

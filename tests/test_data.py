@@ -70,6 +70,22 @@ def test_imagenet2012_without_the_tars_is_a_config_error(tmp_path):
         RunConfig(dataset="imagenet2012", manual_dir=str(tmp_path)).validate()
 
 
+def test_a_folder_without_images_is_one_line_and_no_spec(tmp_path, capsys):
+    from train import measure
+
+    (tmp_path / "cats").mkdir()
+    assert measure.dataset_spec("t", RunConfig(dataset=f"folder:{tmp_path}")) is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("t: error: no images under")
+
+
+def test_ps_dataset_fn_gives_per_worker_batches():
+    cfg = RunConfig(dataset="digits", per_worker_batch=8)
+    ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0)
+    images, labels = next(iter(data.ps_dataset_fn(cfg)(ctx)))
+    assert images.shape == (8, 32, 32, 3) and labels.shape == (8,)
+
+
 def test_digits_real_data_split():
     x_train, y_train, x_test, y_test = data.digits_arrays(32)
     assert x_train.shape[1:] == (32, 32, 3) and len(x_train) + len(x_test) == 1797

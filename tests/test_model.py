@@ -1,8 +1,13 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from train.model import cnn11, gradient_bytes, train_flops_per_image, trainable_params
+from tests.conftest import ROOT
+from train.model import (HEADS, cnn11, dense_counts, gradient_bytes, layer_counts, train_flops_per_image,
+                         trainable_params)
 
 
 def _trainable(model: tf.keras.Model) -> int:
@@ -36,7 +41,7 @@ def test_structure_eleven_convs_no_bias_bn_relu():
 
 
 @pytest.mark.parametrize("size", [32, 224])
-@pytest.mark.parametrize("head", ["gap", "fc4096"])
+@pytest.mark.parametrize("head", HEADS)
 def test_output_shapes(size, head):
     model = cnn11((size, size, 3), 7, head, width=0.125)
     out = model(tf.zeros((2, size, size, 3)), training=False)
@@ -49,6 +54,24 @@ def test_width_scales_channels_and_gradient_bytes_halve_with_fp16():
     assert [l.filters for l in model.layers if isinstance(l, tf.keras.layers.Conv2D)][0] == 16
     assert gradient_bytes(32, 10, "gap", 0.25, "fp16") * 2 == gradient_bytes(32, 10, "gap", 0.25, "none")
     assert gradient_bytes(32, 10) == 4 * trainable_params(32, 10)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_layer_and_dense_counts_match_the_built_model(head):
+    model = cnn11((64, 64, 3), 7, head, width=0.125)
+    kinds = {"conv": tf.keras.layers.Conv2D, "batch_norm": tf.keras.layers.BatchNormalization,
+             "max_pool": tf.keras.layers.MaxPool2D, "dense": tf.keras.layers.Dense}
+    assert layer_counts(head) == {k: sum(isinstance(l, t) for l in model.layers) for k, t in kinds.items()}
+    dense = [l for l in model.layers if isinstance(l, tf.keras.layers.Dense)]
+    params, macs = dense_counts(64, 7, head, 0.125)
+    assert params == sum(l.count_params() for l in dense)
+    assert macs == sum(l.kernel.shape[0] * l.kernel.shape[1] for l in dense)
+
+
+def test_counts_import_without_tensorflow():
+    code = ("import sys; from train import model; model.train_flops_per_image(32, 10); model.layer_counts();"
+            "model.dense_counts(32, 10, 'fc4096'); assert 'tensorflow' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -18,7 +18,7 @@ from train import checkpoint, data, measure, private_net, ps_cluster, ps_meter, 
 from train.config import ConfigError, parse_config
 from train.model import cnn11
 
-PROG = "train.async_ps"  # PS:
+PROG = "train.async_ps"
 MIN_SHARD_BYTES = 64 << 10  # PS: variables above 64 KiB are split over the PS shards
 
 
@@ -27,8 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, extra = parse_config(argv, arm="async", prog=PROG, extra=ps_cluster.extra_parser())
     started_at = record.now_iso()
     if cfg.compression != "none":  # PS: the strategy pushes fp32 gradients, say so instead of faking it
-        print(f"{PROG}: error: --compression {cfg.compression}: {ps_meter.NO_COMPRESSION}", file=sys.stderr)
-        return 2
+        return measure.bad_input(PROG, f"--compression {cfg.compression}: {ps_meter.NO_COMPRESSION}")
     if from_command_line and extra.private_net == "auto" and ps_cluster.source(extra.cluster) == "local":  # PS:
         private_net.reexec_isolated(["-m", "train.async_ps", *argv])  # PS: nothing reachable from outside
     local = None  # PS: the cluster: local launcher, TF_CONFIG or SLURM; workers and PS only serve
@@ -38,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                 return ps_cluster.serve(resolver, cfg.intra_op_threads)
             code = chief(cfg, resolver, local, source, started_at)
     except ConfigError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        code = 2
+        code = measure.bad_input(PROG, e)
     except (ps_cluster.Terminated, KeyboardInterrupt) as e:
         print(f"{PROG}: {'terminated' if isinstance(e, ps_cluster.Terminated) else 'interrupted'}; "
               "cluster torn down", file=sys.stderr)
@@ -57,24 +55,18 @@ def main(argv: list[str] | None = None) -> int:
 def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: the coordinator
     jobs = resolver.cluster_spec().as_dict()  # PS:
     num_workers, num_ps = len(jobs["worker"]), len(jobs["ps"])  # PS:
-    is_writer = True  # PS: the chief alone runs fit and writes the record
     run_id = cfg.run_id or record.default_run_id()
+    peak = measure.set_up(cfg)
 
-    measure.configure_threads(cfg.intra_op_threads)
-    measure.set_precision(cfg.precision)
-    peak = measure.peak_gflops(cfg)
-    tf.keras.utils.set_random_seed(cfg.seed)
-    try:
-        spec = data.describe(cfg)
-    except (ValueError, OSError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+    spec = measure.dataset_spec(PROG, cfg)
+    if spec is None:
         return 2
     steps_per_epoch = data.steps_per_epoch(cfg, spec, 1)  # PS: a scheduled step is one worker's batch
     global_batch = cfg.per_worker_batch  # PS: every update is one worker's batch (no barrier)
     partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(  # PS:
         min_shard_bytes=MIN_SHARD_BYTES, max_shards=num_ps)
     strategy = tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)  # PS:
-    train_ds = tf.keras.utils.experimental.DatasetCreator(ps_meter.worker_dataset_fn(cfg))  # PS: per worker
+    train_ds = tf.keras.utils.experimental.DatasetCreator(data.ps_dataset_fn(cfg))  # PS: per worker
     eval_ds = data.eval_dataset(cfg)  # PS: evaluated on the chief, on a local copy of the weights
 
     def make_model():
@@ -82,12 +74,8 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
 
     with strategy.scope():  # PS: variables live on the PS shards
         model = ps_meter.staleness_model(make_model(), ps_meter.StalenessLog())  # PS: staleness step
-        lr = cfg.lr  # PS: no scaling: every update is one worker's batch
-        optimizer = tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=cfg.momentum)
-        model.compile(optimizer=optimizer,
-                      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
-                               tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
+        optimizer = measure.sgd(cfg.lr, cfg.momentum)  # PS: no lr scaling: every update is one worker's batch
+        measure.compile_model(model, optimizer)
 
     state = tf.train.Checkpoint(model=model, optimizer=optimizer)
     resume = checkpoint.latest(cfg.checkpoint_dir)  # (epoch, path) of the last complete checkpoint
@@ -100,19 +88,18 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
     callbacks = [meter]
     if cfg.checkpoint_dir:
         callbacks.append(checkpoint.EpochCheckpoint(cfg.checkpoint_dir, state,
-                                                    checkpoint.model_meta(cfg, spec.num_classes), is_writer))
-    model.fit(train_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=measure.verbosity(is_writer))
+                                                    checkpoint.model_meta(cfg, spec.num_classes)))
+    model.fit(train_ds, epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+              callbacks=callbacks, verbose=measure.verbosity())
 
     applied = int(optimizer.iterations.numpy())  # PS: updates applied (a retried step may count twice)
     digest = measure.weights_digest(ps_meter.local_copy(model, make_model))  # PS: one copy, on the PS
     alive = ps_meter.workers_alive(num_workers)  # PS: which workers still answer
-    if not is_writer:
-        return 0
-    rec = record.base_record(cfg, mode="async", run_id=run_id, started_at=started_at)
-    rec.update(measure.run_summary(cfg, meter.result(), meter.curve, spec.num_classes, num_workers,
-                                   global_batch, steps=applied, peak=peak))
-    rec.update({"num_ps": num_ps, "hosts": sorted({a.split(":")[0] for t in jobs.values() for a in t}
+    return measure.write_record(
+        PROG, cfg, mode="async", run_id=run_id, started_at=started_at, meter=meter,
+        num_classes=spec.num_classes, num_workers=num_workers, global_batch=global_batch,
+        steps=applied, peak=peak,
+        fields={"num_ps": num_ps, "hosts": sorted({a.split(":")[0] for t in jobs.values() for a in t}
                                                   | {socket.gethostname()}), "weights_sha256": [digest],
                 "resumed_from_epoch": initial_epoch or None,
                 "engine": "tf.distribute.ParameterServerStrategy", "cluster_source": source,  # PS:
@@ -123,9 +110,6 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
                 "workers_lost": alive.count(False), "workers_alive": alive,  # PS:
                 "launcher_exits": launcher.exited() if launcher else None,  # PS: e.g. {"worker:1": -9}
                 "compression_supported": False, "compression_note": ps_meter.NO_COMPRESSION})  # PS:
-    record.append_record(cfg.runs_path, rec)
-    print(f"record {run_id} -> {cfg.runs_path}: {rec['images_per_sec'] or 0:.1f} images/sec on {num_workers} workers")
-    return 0
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def restore(path: str, checkpoint: tf.train.Checkpoint):
 class EpochCheckpoint(tf.keras.callbacks.Callback):
     """Saves model + optimizer (its step and slots) after every epoch, on the writer only."""
 
-    def __init__(self, directory: str, checkpoint: tf.train.Checkpoint, meta: dict, is_writer: bool):
+    def __init__(self, directory: str, checkpoint: tf.train.Checkpoint, meta: dict, is_writer: bool = True):
         super().__init__()
         self.directory, self.checkpoint, self.meta, self.is_writer = directory, checkpoint, meta, is_writer
 

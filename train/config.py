@@ -9,9 +9,9 @@ import tempfile
 from dataclasses import dataclass, field
 
 from train import record
+from train.model import HEADS, MIN_IMAGE_SIZE
 
 DATASETS = ("synthetic", "digits", "imagenet2012")  # plus folder:PATH
-HEADS = ("gap", "fc4096")
 COMPRESSIONS = ("none", "fp16")
 PRECISIONS = ("fp32", "mixed_fp16", "mixed_bf16")
 CLI_ROLES = tuple(r for r in record.ROLES if r != "bench")  # a bench is not a training run
@@ -31,9 +31,9 @@ class RunConfig:
     dataset: str = _opt("synthetic | digits | imagenet2012 | folder:PATH", "synthetic")
     data_dir: str = _opt("TFDS data dir (imagenet2012) ", "")
     manual_dir: str = _opt("folder holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar", "")
-    head: str = _opt("classifier head: gap | fc4096", "gap")
+    head: str = _opt(f"classifier head: {' | '.join(HEADS)}", HEADS[0])
     width: float = _opt("channel multiplier of every conv (1.0 = the paper's cnn11)", 1.0)
-    image_size: int = _opt("input side in pixels (>= 32)", 32)
+    image_size: int = _opt(f"input side in pixels (>= {MIN_IMAGE_SIZE})", MIN_IMAGE_SIZE)
     num_classes: int = _opt("classes of the synthetic dataset (others take the dataset's)", 10)
     # How to train
     per_worker_batch: int = _opt("images per worker per step", 64)
@@ -94,8 +94,9 @@ class RunConfig:
         for name, value in nonnegative.items():
             if value < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {value}")
-        if self.image_size < 32:
-            raise ConfigError(f"--image-size must be >= 32 (cnn11 pools 5 times by 2), got {self.image_size}")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(f"--image-size must be >= {MIN_IMAGE_SIZE} (cnn11 pools 5 times by 2), "
+                              f"got {self.image_size}")
         if not self.study or os.sep in self.study or self.study.startswith("."):
             raise ConfigError(f"bad study name {self.study!r}")
         check_writable_dir(os.path.join(self.results_dir, self.study))

@@ -2,11 +2,13 @@
 
 Every train pipeline is sharded (a disjoint part per worker), shuffled with a per-worker seed,
 repeated, batched per worker and prefetched. Nothing here is distribution-aware beyond
-(num_shards, shard_index), which each trainer gets from its engine.
+(num_shards, shard_index), which each trainer gets from its engine, and ps_dataset_fn, the form the
+parameter-server strategy asks for (a function each worker calls to build its own pipeline).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,7 +90,7 @@ def train_preprocess(image: tf.Tensor, image_size: int, seed: int) -> tf.Tensor:
     image = tf.slice(image, begin, size)
     image = tf.image.resize(image, (image_size, image_size))
     image = tf.image.random_flip_left_right(image)
-    return (image / 255.0 - MEAN_RGB) / STD_RGB
+    return _normalize(image)
 
 
 def eval_preprocess(image: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -98,7 +100,7 @@ def eval_preprocess(image: tf.Tensor, image_size: int) -> tf.Tensor:
     new = tf.cast(tf.round(shape * scale), tf.int32)
     image = tf.image.resize(image, new)
     image = tf.image.resize_with_crop_or_pad(image, image_size, image_size)
-    return (image / 255.0 - MEAN_RGB) / STD_RGB
+    return _normalize(image)
 
 
 def _decode_file(path: tf.Tensor) -> tf.Tensor:
@@ -187,3 +189,39 @@ def eval_dataset(cfg, batch_size: int | None = None) -> tf.data.Dataset | None:
         ds = ds.map(lambda f, y: (eval_preprocess(_decode_file(f), size), y),
                     num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def ps_dataset_fn(cfg) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+    """The parameter-server arm's dataset_fn (for DatasetCreator): one pipeline per worker.
+
+    ParameterServerStrategy gives every worker the same input_context (1 pipeline, id 0), so sharding
+    by it keeps the whole set: each worker reads the whole training set, in an order drawn on the
+    worker when it builds its pipeline, so workers see different batches
+    (digits: a fresh permutation per pass; other real datasets: a random offset into train_dataset's).
+    dataset_fn runs traced (no variables, no eager .numpy()): synthetic and digits are built here."""
+    size, batch = cfg.image_size, cfg.per_worker_batch
+    if cfg.dataset == "digits":  # digits_arrays resizes eagerly: once, here on the chief
+        x_train, y_train, _, _ = digits_arrays(size)
+
+    def worker_seed() -> tf.Tensor:
+        return tf.cast(tf.timestamp() * 1e6, tf.int64) % (2**31 - 1)  # evaluated on the worker
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        shards, index = input_context.num_input_pipelines, input_context.input_pipeline_id
+        if cfg.dataset == "synthetic":  # train_dataset's tf.random.Generator is a variable: not allowed here
+            images = tf.random.stateless_uniform((batch, size, size, 3), seed=[cfg.seed, 0])
+            labels = tf.random.stateless_uniform((batch,), seed=[cfg.seed, 1], maxval=cfg.num_classes,
+                                                 dtype=tf.int64)
+            return tf.data.Dataset.from_tensors((images, labels)).repeat()
+        if cfg.dataset == "digits":  # a fresh permutation per pass, seeded by (worker seed, pass)
+            seed, n = worker_seed(), len(x_train)
+            images, labels = tf.constant(x_train), tf.constant(y_train)
+            order = tf.data.Dataset.range(shards * (1 << 40)).map(lambda e: tf.random.experimental.stateless_shuffle(
+                tf.range(index, n, shards, dtype=tf.int64), seed=tf.stack([seed, e])))
+            ds = order.unbatch().batch(batch, drop_remainder=True)
+            return ds.map(lambda i: (tf.gather(images, i), tf.gather(labels, i))).prefetch(tf.data.AUTOTUNE)
+        ds = train_dataset(cfg, num_shards=shards, shard_index=index)
+        ds = ds.unbatch().skip(worker_seed() % (64 * batch))  # workers out of phase in the same stream
+        return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    return dataset_fn

@@ -9,12 +9,12 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from train import record
+from train import data, record
 from train.peak import cpu_peak_gflops
 
 
 def configure_threads(intra_op_threads: int) -> None:
-    """Limit intra-op threads only: a PS cluster deadlocks with one inter-op thread (verified.md)."""
+    """Limit intra-op threads only: a PS cluster deadlocks when inter-op threads are 1."""
     if intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
 
@@ -25,9 +25,46 @@ def set_precision(precision: str) -> None:
             {"mixed_fp16": "mixed_float16", "mixed_bf16": "mixed_bfloat16"}[precision])
 
 
+def set_up(cfg) -> tuple[float, str]:
+    """Threads, precision and seed, before TensorFlow's runtime starts; returns the worker's spec peak."""
+    configure_threads(cfg.intra_op_threads)
+    set_precision(cfg.precision)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    return peak_gflops(cfg)
+
+
+def bad_input(prog: str, error: Exception | str) -> int:
+    """One line naming what is wrong with the input; exit code 2."""
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def dataset_spec(prog: str, cfg) -> data.DataSpec | None:
+    """The dataset's classes and split sizes, or None after one line naming the problem (exit 2)."""
+    try:
+        return data.describe(cfg)
+    except (ValueError, OSError) as e:
+        bad_input(prog, e)
+        return None
+
+
+def sgd(lr: float, momentum: float) -> tf.keras.optimizers.legacy.Optimizer:
+    return tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=momentum)
+
+
+def compile_model(model: tf.keras.Model, optimizer) -> None:
+    """The loss and metrics both trainers train with: logits in, top-1 and top-5 out."""
+    model.compile(optimizer=optimizer,
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
+                           tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
+
+
 def peak_gflops(cfg) -> tuple[float, str]:
-    """(peak GFLOP/s of one worker, how it was derived): the CPU spec's upper bound for its threads."""
-    return cpu_peak_gflops(record.effective_intra_op_threads(cfg.intra_op_threads))
+    """(peak GFLOP/s of one worker, how it was derived): the CPU spec's upper bound for the cores its
+    intra-op threads run on (no more than the cores the process may use)."""
+    threads = record.effective_intra_op_threads(cfg.intra_op_threads)
+    return cpu_peak_gflops(min(threads, len(record.cpu_affinity())))
 
 
 def weights_digest(model: tf.keras.Model) -> str:
@@ -38,12 +75,21 @@ def weights_digest(model: tf.keras.Model) -> str:
     return h.hexdigest()
 
 
-def verbosity(is_writer: bool) -> int:
+def verbosity(is_writer: bool = True) -> int:
     """Keras fit verbosity: progress bar on a tty, one line per epoch otherwise, silent off the writer."""
     if not is_writer:
         return 0
     under_launcher = any(k in os.environ for k in ("OMPI_COMM_WORLD_RANK", "HOROVOD_RANK", "SLURM_PROCID"))
     return 1 if sys.stdout.isatty() and not under_launcher else 2  # mpirun hands ranks a pty
+
+
+def curve_point(model: tf.keras.Model, epoch: int, t_start: float, images_per_step: int, logs) -> dict:
+    """One point of the learning curve at the end of epoch `epoch` (0-based), from the global step."""
+    step = int(model.optimizer.iterations.numpy())
+    point = {"epoch": epoch + 1, "wall_s": time.perf_counter() - t_start, "steps": step,
+             "images": step * images_per_step}
+    point.update({k: float(v) for k, v in (logs or {}).items()})
+    return point
 
 
 class StepMeter(tf.keras.callbacks.Callback):
@@ -73,11 +119,7 @@ class StepMeter(tf.keras.callbacks.Callback):
             self.segments[-1].append((time.perf_counter(), step))
 
     def on_epoch_end(self, epoch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        point = {"epoch": epoch + 1, "wall_s": time.perf_counter() - self.t_start, "steps": step,
-                 "images": step * self.images_per_step}
-        point.update({k: float(v) for k, v in (logs or {}).items()})
-        self.curve.append(point)
+        self.curve.append(curve_point(self.model, epoch, self.t_start, self.images_per_step, logs))
 
     def result(self) -> dict:
         return record.throughput(self.segments, self.images_per_step)
@@ -106,3 +148,17 @@ def run_summary(cfg, throughput: dict, curve: list[dict], num_classes: int, num_
         "final": {k: last[k] for k in ("loss", "top1", "top5", "val_loss", "val_top1", "val_top5") if k in last},
         "finished_at": record.now_iso(),
     }
+
+
+def write_record(prog: str, cfg, *, mode: str, run_id: str, started_at: str, meter, num_classes: int,
+                 num_workers: int, global_batch: int, steps: int, peak: tuple[float, str],
+                 fields: dict) -> int:
+    """The epilogue of both trainers: the full record (the trainer's own `fields` last), appended to
+    the study's runs.jsonl, and one line saying where it went. Returns the exit code, 0."""
+    rec = record.base_record(cfg, mode=mode, run_id=run_id, started_at=started_at)
+    rec.update(run_summary(cfg, meter.result(), meter.curve, num_classes, num_workers, global_batch, steps, peak))
+    rec.update(fields)
+    record.append_record(cfg.runs_path, rec)
+    print(f"{prog}: record {run_id} -> {cfg.runs_path}: {rec['images_per_sec'] or 0:.1f} images/sec "
+          f"on {num_workers} workers")
+    return 0

@@ -1,7 +1,14 @@
-"""The shared cnn11 model: 11 conv 3x3 layers in 5 stages, two heads. Knows nothing of distribution."""
+"""The shared cnn11 model: 11 conv 3x3 layers in 5 stages, two heads. Knows nothing of distribution.
+
+Only cnn11() imports TensorFlow: the analytic counts below (parameters, FLOPs, gradient bytes, layer
+counts) serve programs that must not load it (compare/).
+"""
 from __future__ import annotations
 
-import tensorflow as tf
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 STAGES: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512), (512, 512))
 HEADS = ("gap", "fc4096")
@@ -25,6 +32,8 @@ def _check(image_size: int, head: str, width: float) -> None:
 def cnn11(input_shape: tuple[int, int, int], num_classes: int, head: str = "gap",
           width: float = 1.0) -> tf.keras.Model:
     """Uncompiled tf.keras cnn11: conv(no bias) -> BN -> ReLU, 2x2 max-pool after each stage; logits out."""
+    import tensorflow as tf
+
     _check(min(input_shape[0], input_shape[1]), head, width)
     inputs = tf.keras.Input(shape=input_shape, name="image")
     x = inputs
@@ -57,6 +66,21 @@ def _dense_shapes(image_size: int, num_classes: int, head: str, width: float) ->
     return [(side * side * last, 4096), (4096, 4096), (4096, num_classes)]
 
 
+def dense_counts(image_size: int, num_classes: int, head: str = "gap", width: float = 1.0) -> tuple[int, int]:
+    """(trainable params, multiply-accumulates per image) of the dense layers alone."""
+    _check(image_size, head, width)
+    shapes = _dense_shapes(image_size, num_classes, head, width)
+    return sum(i * o + o for i, o in shapes), sum(i * o for i, o in shapes)
+
+
+def layer_counts(head: str = "gap") -> dict[str, int]:
+    """How many layers of each kind cnn11 has: conv, batch_norm, max_pool, dense."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    convs = sum(len(stage) for stage in STAGES)
+    return {"conv": convs, "batch_norm": convs, "max_pool": len(STAGES), "dense": 1 if head == "gap" else 3}
+
+
 def trainable_params(image_size: int, num_classes: int, head: str = "gap", width: float = 1.0,
                      in_channels: int = 3) -> int:
     """Analytic trainable parameters: conv kernels + BN gamma/beta + dense weights and biases."""
@@ -66,7 +90,7 @@ def trainable_params(image_size: int, num_classes: int, head: str = "gap", width
         for c in stage:
             total += 9 * c_in * c + 2 * c
             c_in = c
-    return total + sum(i * o + o for i, o in _dense_shapes(image_size, num_classes, head, width))
+    return total + dense_counts(image_size, num_classes, head, width)[0]
 
 
 def gradient_bytes(image_size: int, num_classes: int, head: str = "gap", width: float = 1.0,
@@ -86,5 +110,4 @@ def train_flops_per_image(image_size: int, num_classes: int, head: str = "gap", 
             macs += side * side * 9 * c_in * c
             c_in = c
         side //= 2
-    macs += sum(i * o for i, o in _dense_shapes(image_size, num_classes, head, width))
-    return 6.0 * macs
+    return 6.0 * (macs + dense_counts(image_size, num_classes, head, width)[1])

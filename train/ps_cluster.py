@@ -28,12 +28,14 @@ from train.config import ConfigError
 CLUSTER_SOURCES = ("auto", "local", "tf_config", "slurm")
 PARENT_ENV = "ASYNC_PS_LAUNCHER_PID"
 WATCHDOG_GRACE_S = 10.0  # how long the main thread gets to handle SIGTERM/SIGINT itself
-CHILD_ENV = {"GRPC_FAIL_FAST": "use_caller"}  # verified.md / issue 3: in every task
+# In every task: a call to a lost task fails at once instead of waiting for it to come back
+# (TensorFlow's parameter-server guide asks for this; the coordinator then retries the step elsewhere).
+CHILD_ENV = {"GRPC_FAIL_FAST": "use_caller"}
 
 
 def inter_op_threads() -> int:
     """Inter-op threads for every task: TensorFlow's default is the cores this process may use, which
-    is 1 under `taskset -c 0`, and a PS cluster deadlocks with one inter-op thread (verified.md)."""
+    is 1 under `taskset -c 0`, and a PS cluster deadlocks (the chief hangs) with one inter-op thread."""
     return max(2, len(os.sched_getaffinity(0)))
 
 
@@ -102,7 +104,10 @@ def max_tasks_per_node(spec: str) -> int:
 
 
 def slurm_resolver(num_ps: int, port_base: int = 8888):
-    """One chief, `num_ps` PS, the remaining tasks of the step are workers (verified.md's CPU quirks)."""
+    """One chief, `num_ps` PS, the remaining tasks of the step are workers.
+
+    On CPUs SlurmClusterResolver runs nvidia-smi unless told the GPUs per node, and fails on 0 of them:
+    it is told one "GPU" per task (gpus_per_node = tasks per node) and auto_set_gpu is off."""
     import tensorflow as tf
 
     ntasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "0")) or 0)

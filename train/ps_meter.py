@@ -14,7 +14,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from train import data, record
+from train import measure, record
 
 NO_COMPRESSION = ("ParameterServerStrategy has no gradient compression: workers push fp32 gradients "
                   "to the PS by the variables' own apply ops (use --compression none)")
@@ -75,40 +75,6 @@ def staleness_model(base: tf.keras.Model, log: StalenessLog) -> StalenessModel:
     return model
 
 
-def worker_dataset_fn(cfg):
-    """dataset_fn for DatasetCreator. ParameterServerStrategy gives every worker the same input_context
-    (1 pipeline, id 0), so sharding by it keeps the whole set: each worker reads the whole training set,
-    in an order drawn on the worker when it builds its pipeline, so workers see different batches
-    (digits: a fresh permutation per pass; other real datasets: a random offset into data.py's stream).
-    dataset_fn runs traced (no variables, no eager .numpy()): synthetic and digits are built here."""
-    size, batch = cfg.image_size, cfg.per_worker_batch
-    if cfg.dataset == "digits":  # data.digits_arrays resizes eagerly: once, here on the chief
-        x_train, y_train, _, _ = data.digits_arrays(size)
-
-    def worker_seed() -> tf.Tensor:
-        return tf.cast(tf.timestamp() * 1e6, tf.int64) % (2**31 - 1)  # evaluated on the worker
-
-    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        shards, index = input_context.num_input_pipelines, input_context.input_pipeline_id
-        if cfg.dataset == "synthetic":  # data.py's tf.random.Generator is a variable: not allowed here
-            images = tf.random.stateless_uniform((batch, size, size, 3), seed=[cfg.seed, 0])
-            labels = tf.random.stateless_uniform((batch,), seed=[cfg.seed, 1], maxval=cfg.num_classes,
-                                                 dtype=tf.int64)
-            return tf.data.Dataset.from_tensors((images, labels)).repeat()
-        if cfg.dataset == "digits":  # a fresh permutation per pass, seeded by (worker seed, pass)
-            seed, n = worker_seed(), len(x_train)
-            images, labels = tf.constant(x_train), tf.constant(y_train)
-            order = tf.data.Dataset.range(shards * (1 << 40)).map(lambda e: tf.random.experimental.stateless_shuffle(
-                tf.range(index, n, shards, dtype=tf.int64), seed=tf.stack([seed, e])))
-            ds = order.unbatch().batch(batch, drop_remainder=True)
-            return ds.map(lambda i: (tf.gather(images, i), tf.gather(labels, i))).prefetch(tf.data.AUTOTUNE)
-        ds = data.train_dataset(cfg, num_shards=shards, shard_index=index)
-        ds = ds.unbatch().skip(worker_seed() % (64 * batch))  # workers out of phase in the same stream
-        return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-
-    return dataset_fn
-
-
 class IterationSampler(tf.keras.callbacks.Callback):
     """Epoch-level callback + chief thread: (wall time, optimizer.iterations) every `interval_s` during
     each epoch after warm-up; per-epoch curve, with test metrics of a local copy when `evaluate` given."""
@@ -154,10 +120,7 @@ class IterationSampler(tf.keras.callbacks.Callback):
         self._sample()  # all of the epoch's steps have been applied: fit joined the coordinator
         with self._lock:
             self._in_epoch = False
-        step = int(self.model.optimizer.iterations.numpy())
-        point = {"epoch": epoch + 1, "wall_s": time.perf_counter() - self.t_start, "steps": step,
-                 "images": step * self.images_per_step}
-        point.update({k: float(v) for k, v in (logs or {}).items()})
+        point = measure.curve_point(self.model, epoch, self.t_start, self.images_per_step, logs)
         if self.evaluate is not None:
             point.update(self.evaluate(self.model))
         self.curve.append(point)

@@ -17,6 +17,8 @@ from train import checkpoint, data, measure, record
 from train.config import parse_config
 from train.model import cnn11
 
+PROG = "train.sync_allreduce"
+
 
 class AverageBatchNormStatistics(tf.keras.callbacks.Callback):
     """Horovod: allreduce only averages gradients; average BN moving statistics before every
@@ -34,11 +36,9 @@ class AverageBatchNormStatistics(tf.keras.callbacks.Callback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, _ = parse_config(argv, arm="sync", prog="train.sync_allreduce")
+    cfg, _ = parse_config(argv, arm="sync", prog=PROG)
     started_at = record.now_iso()
-    measure.configure_threads(cfg.intra_op_threads)  # before anything starts TensorFlow's runtime
-    measure.set_precision(cfg.precision)
-    peak = measure.peak_gflops(cfg)
+    peak = measure.set_up(cfg)  # before hvd.init starts TensorFlow's runtime
 
     # Horovod: one process per device; pin one GPU per local rank when there are GPUs.
     hvd.init()
@@ -48,14 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     if gpus:
         tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
     num_workers, rank = hvd.size(), hvd.rank()  # Horovod:
-    is_writer = rank == 0  # Horovod: rank 0 alone writes the record
     run_id = broadcast_object(cfg.run_id or record.default_run_id(), root_rank=0)  # Horovod:
 
-    tf.keras.utils.set_random_seed(cfg.seed)
-    try:
-        spec = data.describe(cfg)
-    except (ValueError, OSError) as e:
-        print(f"train.sync_allreduce: error: {e}", file=sys.stderr)
+    spec = measure.dataset_spec(PROG, cfg)
+    if spec is None:
         return 2
     steps_per_epoch = data.steps_per_epoch(cfg, spec, num_workers)
     global_batch = cfg.per_worker_batch * num_workers
@@ -66,13 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model = cnn11((cfg.image_size, cfg.image_size, 3), spec.num_classes, cfg.head, cfg.width)
     lr = cfg.lr * num_workers  # Horovod: linear learning-rate scaling with the worker count
-    optimizer = tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=cfg.momentum)
     compression = hvd.Compression.fp16 if cfg.compression == "fp16" else hvd.Compression.none  # Horovod:
-    optimizer = hvd.DistributedOptimizer(optimizer, compression=compression)  # Horovod: ring-allreduce
-    model.compile(optimizer=optimizer,
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
-                           tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
+    optimizer = hvd.DistributedOptimizer(measure.sgd(lr, cfg.momentum), compression=compression)  # Horovod:
+    measure.compile_model(model, optimizer)
 
     state = tf.train.Checkpoint(model=model, optimizer=optimizer)
     # Horovod: rank 0 picks the newest complete checkpoint (epoch, path); every rank loads it.
@@ -92,25 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     callbacks.append(meter)
     if cfg.checkpoint_dir:
         callbacks.append(checkpoint.EpochCheckpoint(cfg.checkpoint_dir, state,
-                                                    checkpoint.model_meta(cfg, spec.num_classes), is_writer))
-    model.fit(train_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps_per_epoch, validation_data=eval_ds, callbacks=callbacks,
-              verbose=measure.verbosity(is_writer))
+                                                    checkpoint.model_meta(cfg, spec.num_classes),
+                                                    is_writer=rank == 0))  # Horovod: rank 0 writes
+    model.fit(train_ds, epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+              validation_data=eval_ds, callbacks=callbacks, verbose=measure.verbosity(rank == 0))
 
     digests = allgather_object(measure.weights_digest(model))  # Horovod: ranks must agree
     hosts = allgather_object(socket.gethostname())  # Horovod:
     affinities = allgather_object(record.cpu_affinity())  # Horovod: every rank's cores, not just the writer's
-    if not is_writer:
+    if rank != 0:  # Horovod: rank 0 alone writes the record
         return 0
-    rec = record.base_record(cfg, mode="sync", run_id=run_id, started_at=started_at)
-    rec.update(measure.run_summary(cfg, meter.result(), meter.curve, spec.num_classes, num_workers,
-                                   global_batch, steps=int(optimizer.iterations.numpy()), peak=peak))
-    rec.update({"num_ps": 0, "hosts": sorted(set(hosts)), "rank_cpu_affinity": affinities, "weights_sha256": digests,
-                "resumed_from_epoch": initial_epoch or None, "engine": "horovod",
-                "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo"})
-    record.append_record(cfg.runs_path, rec)
-    print(f"record {run_id} -> {cfg.runs_path}: {rec['images_per_sec'] or 0:.1f} images/sec, {num_workers} workers")
-    return 0
+    return measure.write_record(
+        PROG, cfg, mode="sync", run_id=run_id, started_at=started_at, meter=meter,
+        num_classes=spec.num_classes, num_workers=num_workers, global_batch=global_batch,
+        steps=int(optimizer.iterations.numpy()), peak=peak,
+        fields={"num_ps": 0, "hosts": sorted(set(hosts)), "rank_cpu_affinity": affinities,
+                "weights_sha256": digests, "resumed_from_epoch": initial_epoch or None, "engine": "horovod",
+                "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo"})  # Horovod:
 
 
 if __name__ == "__main__":
