@@ -5,8 +5,9 @@
 
 For each job in the manifest (written by slurm/sweep.sh) it asks SLURM for the final state (sacct when
 accounting is on, else `scontrol show job`), takes the job's one-line error from its log, and
-- appends to runs.jsonl a record with status "failed" (and the state, exit code, error line, log path)
-  for every job that did not end COMPLETED with a record of its own, so the study keeps its failures;
+- appends to runs.jsonl a record with status "failed" (record.failed_record: the state, exit code, error
+  line, log path) for every training job that did not end COMPLETED with a record of its own, so the study
+  keeps its failures (the bench job's result is allreduce.json: a failed bench is listed, not recorded);
 - writes RESULTS/STUDY/sweep-jobs.md: a table of every job (state, exit code, record yes/no, error).
 Exit 0 even when jobs failed: listing them is its job.
 """
@@ -77,18 +78,15 @@ def error_line(log: str) -> str:
     return (tb or errs or [""])[-1]
 
 
-def failed_record(row: dict, state: str, code: str, err: str) -> dict:
-    rec = {k: None for k in record.REQUIRED_FIELDS}
-    gpus, nps = int(row["gpus"]), int(row["num_ps"])
-    rec.update({
-        "schema_version": record.SCHEMA_VERSION, "run_id": row["job_id"], "started_at": record.now_iso(),
-        "status": "failed", "mode": row["trainer"], "model": "cnn11", "num_workers": gpus, "num_ps": nps,
-        "slurm_job_id": row["job_id"], "slurm_state": state, "slurm_exit_code": code, "error": err,
-        "log": row["log"], "hosts": [], "config": {}, "versions": record.versions(),
-        "sweep": {"name": row["name"], "nodes": int(row["nodes"]), "tasks": int(row["tasks"])},
-    })
-    rec["git_sha"], rec["git_dirty"] = record.git_state()
-    return rec
+def failed_record(row: dict, study: str, state: str, code: str, err: str) -> dict:
+    exit_code = code.split(":")[0]
+    return record.failed_record(
+        study=study, run_id=row["job_id"], started_at=record.now_iso(), error=err, command=row["command"],
+        returncode=int(exit_code) if exit_code.isdigit() else None,
+        facts={"mode": row["trainer"], "model": "cnn11", "num_workers": int(row["gpus"]),
+               "num_ps": int(row["num_ps"]), "slurm_job_id": row["job_id"], "slurm_state": state,
+               "slurm_exit_code": code, "log": row["log"], "config": {},
+               "sweep": {"name": row["name"], "nodes": int(row["nodes"]), "tasks": int(row["tasks"])}})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--study", required=True)
     ap.add_argument("--results-dir", required=True)
     a = ap.parse_args(argv)
-    runs = os.path.join(a.results_dir, a.study, "runs.jsonl")
+    runs = record.runs_path(a.results_dir, a.study)
+    bench_out = os.path.join(a.results_dir, a.study, "allreduce.json")
     recs = record.read_records(runs)[0] if os.path.exists(runs) else []
     have = {str(r.get("slurm_job_id")) for r in recs if r.get("status") == "ok"}
     noted = {str(r.get("slurm_job_id")) for r in recs if r.get("status") == "failed"}  # a rerun adds none
@@ -113,14 +112,15 @@ def main(argv: list[str] | None = None) -> int:
                          f"| **not submitted** | - | - | no | {row['log'].replace('|', '/')} |")
             continue
         state, code = job_state(row["job_id"])
-        ok = state == "COMPLETED" and row["job_id"] in have
+        bench = row["trainer"] == "bench"  # its result is allreduce.json, not a run record
+        ok = state == "COMPLETED" and (os.path.isfile(bench_out) if bench else row["job_id"] in have)
         err = "" if ok else error_line(row["log"])
         if not ok:
             failed += 1
             if state == "COMPLETED":
-                err = err or "completed without writing a record"
-            if row["job_id"] not in noted:
-                record.append_record(runs, failed_record(row, state, code, err))
+                err = err or f"completed without writing {'allreduce.json' if bench else 'a record'}"
+            if row["job_id"] not in noted and not bench:
+                record.append_record(runs, failed_record(row, a.study, state, code, err))
         table.append(f"| {row['job_id']} | {row['name']} | {row['trainer']} | {row['gpus']} | {row['nodes']} "
                      f"| {row['tasks']} | {'ok' if ok else '**failed**'} | {state} | {code} "
                      f"| {'yes' if ok else 'no'} | {err.replace('|', '/')} |")

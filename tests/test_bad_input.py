@@ -42,6 +42,10 @@ CASES = [
     ("localcluster-zero-nodes", [PY, "slurm/localcluster.py", "up", "--nodes", "0"], {}, "--nodes must be >= 1"),
     ("sweep-zero-gpus-per-node", ["bash", "slurm/sweep.sh", "--dry-run", "--gpus-per-node", "0"], {},
      "--gpus-per-node must be a positive integer"),
+    ("localcluster-more-cpus-than-cores", [PY, "slurm/localcluster.py", "up", "--nodes", "2", "--cpus-per-node",
+                                           "9999"], {}, "--cpus-per-node must be <="),
+    ("sweep-bad-bench-nodes", ["bash", "slurm/sweep.sh", "--dry-run", "--bench-nodes", "3"], {},
+     "--bench-nodes must be 1 or 2"),
     ("sweep-bad-gpu-list", ["bash", "slurm/sweep.sh", "--dry-run", "--gpus", "1,x"], {}, "not a positive integer"),
 ]
 

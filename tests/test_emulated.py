@@ -1,6 +1,6 @@
 """The emulated-cluster study (issue 8): model math per link, the report on fixtures, and a tiny real study.
 
-The end-to-end test brings up its own 2-node cluster (slurm/localcluster.py: netns nodes, tc-shaped link),
+The end-to-end test brings up its own 2-node cluster (slurm.localcluster: netns nodes, tc-shaped link),
 runs every run type of `python -m compare run --cluster emulated` once at one link rate with a tiny model,
 then `compare report`. Root and SLURM are required: without them the test skips, and under CI=true it
 fails instead. Run it under `flock /work/slurm-tests.lock` (one SLURM cluster at a time).

@@ -27,6 +27,7 @@ def test_two_ranks_write_one_record_with_identical_weights(controller, results):
     assert rec["images_per_sec"] > 0 and rec["measured_steps"] > 0
     # Both ranks computed a digest of all their weights after training; they must agree.
     assert len(rec["weights_sha256"]) == 2 and len(set(rec["weights_sha256"])) == 1
+    assert len(rec["rank_cpu_affinity"]) == 2 and rec["rank_cpu_affinity"][0] == rec["cpu_affinity"]
     assert rec["versions"]["horovod"] == "0.28.1" and rec["versions"]["tensorflow"] == "2.15.1"
 
 

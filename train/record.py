@@ -135,7 +135,7 @@ def summarize(values: list[float], bins: int | None = None) -> dict:
 
 
 def link_info(env=None) -> dict:
-    """The interconnect this task ran over, from slurm/localcluster.py's TaskProlog (None elsewhere)."""
+    """The interconnect this task ran over, from slurm.localcluster's TaskProlog (None elsewhere)."""
     env = os.environ if env is None else env
     delay, nodes = env.get("LOCALCLUSTER_DELAY_MS"), env.get("LOCALCLUSTER_NODES")
     try:

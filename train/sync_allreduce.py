@@ -91,14 +91,15 @@ def main(argv: list[str] | None = None) -> int:
 
     digests = allgather_object(measure.weights_digest(model))  # Horovod: ranks must agree
     hosts = allgather_object(socket.gethostname())  # Horovod:
+    affinities = allgather_object(record.cpu_affinity())  # Horovod: every rank's cores, not just the writer's
     if rank != 0:  # Horovod: rank 0 alone writes the record
         return 0
     return measure.write_record(
         PROG, cfg, mode="sync", run_id=run_id, started_at=started_at, meter=meter,
         num_classes=spec.num_classes, num_workers=num_workers, global_batch=global_batch,
         steps=int(optimizer.iterations.numpy()), peak=peak,
-        fields={"num_ps": 0, "hosts": sorted(set(hosts)), "weights_sha256": digests,
-                "resumed_from_epoch": initial_epoch or None, "engine": "horovod",
+        fields={"num_ps": 0, "hosts": sorted(set(hosts)), "rank_cpu_affinity": affinities,
+                "weights_sha256": digests, "resumed_from_epoch": initial_epoch or None, "engine": "horovod",
                 "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo"})  # Horovod:
 
 
