@@ -14,6 +14,7 @@ side-by-side contention factor kappa(p) of p independent 1-core runs.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -284,3 +285,209 @@ def local_profile(alpha: float, bw: float, workloads: dict[str, Workload], kappa
                    overlap=d["overlap"], bw_ps=0.0, workloads=workloads, sources=d["sources"],
                    kappa=dict(kappa), async_update=dict(async_update), cores=cores,
                    assumptions=list(assumptions or []))
+
+
+# ================================================================== issue 12: measured terms
+# Pure functions, each with a hand-computed test in tests/test_scaling.py. They sit beside the
+# older what-if model above (whose names and signatures stay as they are) and are combined by
+# `step_terms` / `cluster_terms` below, by compare/validate.py (published K80 set) and by
+# `seed_table` / `projection_band` (tsubame2.5, issue 12 items 4 and 5).
+ANCHORS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "anchors")
+
+
+def exposed_comm(t_comm: float, t_backward: float, ready_curve: list[tuple[float, float]]) -> float:
+    """Communication left after backward ends, given when each gradient byte becomes ready.
+
+    ready_curve: cumulative (fraction of backward elapsed, fraction of gradient bytes ready) points.
+    The link sends bytes in the order they become ready at n/t_comm; a bucket cannot start before it
+    is ready (at x * t_backward). What is still being sent when backward ends is exposed.
+    """
+    if t_comm <= 0:
+        return 0.0
+    if not ready_curve:
+        return t_comm
+    pts = sorted((float(x), float(y)) for x, y in ready_curve)
+    total = max(y for _, y in pts)
+    if total <= 0:
+        raise ModelError("ready curve has no bytes")
+    link_free, done = 0.0, 0.0
+    for x, y in pts:
+        share = max(y / total - done, 0.0)
+        if share <= 0:
+            continue
+        link_free = max(link_free, min(max(x, 0.0), 1.0) * t_backward) + share * t_comm
+        done += share
+    return max(link_free - t_backward, 0.0)
+
+
+def fused_messages(grad_bytes: float, fusion_threshold: float) -> int:
+    """Horovod packs ready tensors into fusion buffers of at most `fusion_threshold` bytes (default
+    64 MiB): at least ceil(n / threshold) messages a step; threshold 0 = one message per tensor is
+    not modelled here (pass the tensor count to fused_latency instead)."""
+    if fusion_threshold <= 0:
+        raise ModelError("fusion threshold must be > 0")
+    return max(1, math.ceil(grad_bytes / fusion_threshold))
+
+
+def fused_latency(messages: int, p: int, per_node: int, alpha_intra: float, alpha_inter: float,
+                  cycle_time: float = 0.0) -> float:
+    """Latency part of a step's allreduces: each fused message pays the hierarchical ring's 2(q-1)
+    alphas (within the node and across nodes), and the last message waits on average half a
+    Horovod cycle (HOROVOD_CYCLE_TIME) before it is negotiated."""
+    _check_p(p)
+    if p == 1:
+        return 0.0
+    local, nodes = min(p, per_node), math.ceil(p / per_node)
+    per_msg = 2 * (local - 1) * alpha_intra + 2 * (nodes - 1) * alpha_inter
+    return messages * per_msg + 0.5 * cycle_time
+
+
+def allreduce_bw_time(n: float, p: int, per_node: int, bw_intra: float, bw_node: float) -> float:
+    """Bandwidth part of the hierarchical allreduce (allreduce_time without alphas)."""
+    return allreduce_time(n, p, per_node, 0.0, bw_intra, 0.0, bw_node)
+
+
+def expected_max(samples: list[float], p: int) -> float:
+    """E[max of p independent draws] from the empirical distribution of `samples`:
+    sum_i x_(i) * ((i/m)^p - ((i-1)/m)^p) over the sorted samples (F(x)^p is the CDF of the max)."""
+    _check_p(p)
+    xs = sorted(float(x) for x in samples)
+    if not xs:
+        raise ModelError("need at least one step-time sample")
+    m = len(xs)
+    return sum(x * ((i / m) ** p - ((i - 1) / m) ** p) for i, x in enumerate(xs, start=1))
+
+
+def straggler_time(samples: list[float], p: int) -> float:
+    """What a synchronous step loses to its slowest worker: E[max of p] - mean (0 at p = 1)."""
+    return expected_max(samples, p) - sum(samples) / len(samples)
+
+
+@functools.lru_cache(maxsize=None)
+def normal_max_factor(p: int) -> float:
+    """E[max of p standard normal draws] (0 for p = 1): the straggler term when only a coefficient of
+    variation is known (published sets); Simpson's rule on p x phi(x) Phi(x)^(p-1)."""
+    _check_p(p)
+    if p == 1:
+        return 0.0
+    lo, hi, n = -9.0, 9.0, 3600
+    h, s = (hi - lo) / n, 0.0
+    for i in range(n + 1):
+        x = lo + i * h
+        f = x * p * (0.5 * (1 + math.erf(x / math.sqrt(2)))) ** (p - 1) * math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        s += f * (1 if i in (0, n) else 4 if i % 2 else 2)
+    return s * h / 3
+
+
+def effective_bandwidth(link_Bps: float, cpu_Bps: float | None = None) -> float:
+    """What the allreduce gets: the link, unless the CPU that moves the bytes (host staging, a
+    pinned rank computing at the same time) is slower."""
+    return min(link_Bps, cpu_Bps) if cpu_Bps else link_Bps
+
+
+# ------------------------------------------------------------------ parameter servers (issue 12)
+def ps_async_rate(p: int, t_compute: float, n: float, shards: int, bw_ps: float, bw_worker: float,
+                  service_s: float = 0.0, chief_rate: float = math.inf) -> float:
+    """Updates per second of p async workers with S full-duplex PS shards.
+
+    worker: t_compute + n / bw_worker (push n and pull n at once on a full-duplex link);
+    shards: each update moves n/S in and n/S out of every shard at once and costs service_s/S of
+    its CPU, so all shards together take S / max(n / bw_ps, service_s) updates a second;
+    chief: it dispatches every step, at most chief_rate a second.
+    """
+    _check_p(p)
+    if shards < 1:
+        raise ModelError(f"PS shards must be >= 1, got {shards}")
+    workers = p / (t_compute + n / bw_worker)
+    per_update = max(n / bw_ps, service_s)
+    ps = shards / per_update if per_update > 0 else math.inf
+    return min(workers, ps, chief_rate)
+
+
+def sync_ps_nic_bytes(n: float, nodes: int, shards: int) -> float:
+    """Bytes each way through the busiest NIC in one synchronous PS step (tf_cnn_benchmarks
+    distributed_replicated: every node a worker, `shards` of the nodes also PS, full duplex).
+
+    A shard host takes n/S from each of the N-1 other workers and sends them n/S back, and its own
+    worker pushes/pulls (S-1)/S n to/from the other shards: (N+S-2)/S * n each way (S = N: the ring's
+    2(N-1)/N n). One node: nothing crosses a NIC.
+    """
+    if nodes < 1 or shards < 1:
+        raise ModelError("nodes and shards must be >= 1")
+    if nodes == 1:
+        return 0.0
+    shards = min(shards, nodes)
+    return max((nodes + shards - 2) / shards * n, n)
+
+
+def async_allreduce_rate(p: int, batch: int, t_compute: float, t_allreduce: float,
+                         max_accumulate: int = 1) -> tuple[float, float, float]:
+    """The seed's own arm (SPRINT: MPI all-reduce run asynchronously, sub-batches accumulate while an
+    all-reduce is in flight). Returns (images/s, updates/s, images per update).
+
+    Compute never waits while the all-reduce keeps up, i.e. while one all-reduce takes at most
+    max_accumulate sub-batches; beyond that a worker stalls and the all-reduce period sets the pace.
+    """
+    _check_p(p)
+    if max_accumulate < 1:
+        raise ModelError("max_accumulate must be >= 1")
+    if p == 1 or t_allreduce <= 0:
+        return p * batch / t_compute, 1.0 / t_compute, float(p * batch)
+    period = max(t_allreduce, t_compute)  # an update needs at least one fresh sub-batch
+    per_step = max(t_compute, t_allreduce / max_accumulate)
+    ips = p * batch / per_step
+    return ips, 1.0 / period, ips * period
+
+
+# ------------------------------------------------------------------ one synchronous step, term by term
+@dataclass(frozen=True)
+class StepTerms:
+    """Seconds of one synchronous step by term (step_s = compute + straggler + overhead + exposed)."""
+    compute_s: float
+    straggler_s: float
+    overhead_s: float
+    comm_s: float          # bandwidth part + fused-message latency, if nothing were hidden
+    exposed_s: float       # what of comm_s backward could not hide
+    step_s: float
+
+    @property
+    def efficiency(self) -> float:
+        return self.compute_s / self.step_s
+
+
+def step_terms(t_compute: float, p: int, *, comm_s: float, backward_fraction: float = BACKWARD_FRACTION,
+               ready_curve: list[tuple[float, float]] | None = None, hidden_fraction: float | None = None,
+               overhead_s: float = 0.0, straggler_s: float = 0.0) -> StepTerms:
+    """Combine the terms: exposed comm from the gradient-ready curve when one is given, else a hidden
+    fraction (fitted on a published set), else nothing hidden. The fixed overhead (measured at p = 2)
+    and the straggler term apply from p = 2 on."""
+    _check_p(p)
+    if p == 1:
+        return StepTerms(t_compute, 0.0, 0.0, 0.0, 0.0, t_compute)
+    if ready_curve:
+        exposed = exposed_comm(comm_s, backward_fraction * t_compute, ready_curve)
+    elif hidden_fraction is not None:
+        exposed = (1.0 - hidden_fraction) * comm_s
+    else:
+        exposed = comm_s
+    step = t_compute + straggler_s + overhead_s + exposed
+    return StepTerms(t_compute, straggler_s, overhead_s, comm_s, exposed, step)
+
+
+# ------------------------------------------------------------------ published sets (compare validate)
+VALIDATION_GLOBALS = ("overhead_s", "hidden_fraction", "step_cv")
+
+
+def published_efficiency(point: dict, base_ips: float, params: float, bw_node: float, g: dict) -> float:
+    """Predicted efficiency of one published point (tf_cnn_benchmarks, synchronous): compute from the
+    table's own 1-GPU rate; the busiest NIC's PS bytes (sync_ps_nic_bytes) at the network's rate,
+    of which g["hidden_fraction"] is hidden; g["overhead_s"] a step from 2 GPUs on; a straggler term
+    g["step_cv"] x t_compute x E[max of p standard normals]."""
+    p, b = int(point["gpus"]), int(point["batch_per_gpu"])
+    t_c = b / base_ips
+    nodes = math.ceil(p / int(point["gpus_per_node"]))
+    shards = int(point.get("ps_shards") or nodes)
+    comm = sync_ps_nic_bytes(4.0 * params, nodes, shards) / bw_node if nodes > 1 else 0.0
+    terms = step_terms(t_c, p, comm_s=comm, hidden_fraction=g["hidden_fraction"], overhead_s=g["overhead_s"],
+                       straggler_s=g["step_cv"] * t_c * normal_max_factor(p))
+    return terms.efficiency
