@@ -491,3 +491,157 @@ def published_efficiency(point: dict, base_ips: float, params: float, bw_node: f
     terms = step_terms(t_c, p, comm_s=comm, hidden_fraction=g["hidden_fraction"], overhead_s=g["overhead_s"],
                        straggler_s=g["step_cv"] * t_c * normal_max_factor(p))
     return terms.efficiency
+
+
+# ------------------------------------------------------------------ tsubame2.5 from sources (issue 12, items 4-5)
+ARMS = ("sync_allreduce", "async_allreduce", "sync_ps", "async_ps")
+
+
+def vgg_a_macs(image: int = 224, classes: int = 1000) -> float:
+    """Multiply-accumulates per image of VGG-A's forward pass (Simonyan & Zisserman 2014, Table 1,
+    configuration A: conv3 64, M, 128, M, 256 x2, M, 512 x2, M, 512 x2, M, FC 4096, 4096, classes)."""
+    cfg = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+    side, c_in, macs = image, 3, 0.0
+    for v in cfg:
+        if v == "M":
+            side //= 2
+            continue
+        macs += side * side * c_in * v * 9
+        c_in = v
+    dims = [side * side * c_in, 4096, 4096, classes]
+    return macs + sum(a * b for a, b in zip(dims, dims[1:]))
+
+
+def measured_terms(name: str = "tsubame2.5", data: dict | None = None) -> dict:
+    d = (data or load_profile_data()).get("measured_terms", {})
+    if name not in d:
+        raise ModelError(f"profiles.json has no measured_terms for {name!r}")
+    return d[name]
+
+
+def input_values(terms: dict, **override: float) -> dict[str, float]:
+    """{input: value} from a measured_terms block, with overrides (the band varies one at a time)."""
+    v = {k: spec["value"] for k, spec in terms["inputs"].items()}
+    for k, x in override.items():
+        if k not in v:
+            raise ModelError(f"unknown input {k!r}")
+        v[k] = x
+    return v
+
+
+def k20x_gflops(terms: dict, v: dict[str, float]) -> float:
+    """K20X training GFLOP/s from the Kepler anchor (same GK110 SMX, cuDNN R2): the anchor's
+    achieved rate scaled by cores x clock, times the ECC factor."""
+    a = terms["kepler_anchor"]
+    achieved = a["batch"] * 6.0 * vgg_a_macs() / 1e9 / a["step_s"]
+    scale = (a["k20x_cores"] * a["k20x_clock_ghz"]) / (a["titan_black_cores"] * v["titan_black_clock_ghz"])
+    return achieved * scale * v["ecc_factor"]
+
+
+def project(head: str, batch: int, arm: str, p: int, shards: int = 1, name: str = "tsubame2.5",
+            data: dict | None = None, values: dict[str, float] | None = None) -> dict:
+    """Images/s and speedup over one GPU of one arm at p GPUs, with its terms and what bounds it.
+
+    arms: sync_allreduce (Horovod ring, exposed comm from the ready curve, fused latency),
+    async_allreduce (the seed's SPRINT scheme), sync_ps (tf_cnn_benchmarks distributed_replicated,
+    S shards on the nodes, K80-fitted hidden share), async_ps (S full-duplex shards, PS service time,
+    chief cap). bound: compute | interconnect | ps | chief.
+    """
+    _check_p(p)
+    if arm not in ARMS:
+        raise ModelError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+    data = data or load_profile_data()
+    terms = measured_terms(name, data)
+    v = values or input_values(terms)
+    prof, paper = data[name], data["paper_workload"]
+    if head not in paper:
+        raise ModelError(f"unknown head {head!r}")
+    per_node = prof["devices_per_node"]
+    t_c = batch * paper[head]["train_gflop_per_img"] / k20x_gflops(terms, v)
+    n = 4.0 * paper[head]["params"]
+    bw_node = effective_bandwidth(v["bw_node_Bps"], v["cpu_Bps"])
+    bw_intra = effective_bandwidth(v["bw_intra_Bps"], v["cpu_Bps"])
+    one = batch / t_c
+    nodes = math.ceil(p / per_node)
+    out = {"head": head, "batch": batch, "arm": arm, "p": p, "shards": shards if arm.endswith("ps") else None,
+           "t_compute_s": t_c, "one_gpu_ips": one}
+    if arm in ("sync_allreduce", "async_allreduce"):
+        msgs = fused_messages(n, v["fusion_threshold_B"])
+        t_ar = allreduce_bw_time(n, p, per_node, bw_intra, bw_node) + fused_latency(
+            msgs, p, per_node, v["alpha_intra_s"], v["alpha_inter_s"], v["cycle_time_s"])
+        if arm == "sync_allreduce":
+            curve = terms["ready_curves"][head]["ready_curve"]
+            st = step_terms(t_c, p, comm_s=t_ar, backward_fraction=v["backward_fraction"], ready_curve=curve,
+                            overhead_s=v["overhead_s"], straggler_s=v["step_cv"] * t_c * normal_max_factor(p))
+            ips = p * batch / st.step_s
+            bound = "interconnect" if st.exposed_s > 0.1 * st.step_s else "compute"
+            out.update(comm_s=t_ar, exposed_s=st.exposed_s, step_s=st.step_s)
+        else:
+            ips, upd, per_update = async_allreduce_rate(p, batch, t_c, t_ar, int(v["max_accumulate"]))
+            bound = "interconnect" if t_ar / int(v["max_accumulate"]) > t_c else "compute"
+            out.update(comm_s=t_ar, updates_per_s=upd, images_per_update=per_update)
+    elif arm == "sync_ps":
+        comm = sync_ps_nic_bytes(n, nodes, shards) / bw_node if nodes > 1 else 0.0
+        if nodes == 1 and p > 1:  # one node: the PS lives on the host; each GPU pushes and pulls n over PCIe
+            comm = 2 * n / bw_intra
+        st = step_terms(t_c, p, comm_s=comm, hidden_fraction=v["hidden_fraction"], overhead_s=v["overhead_s"],
+                        straggler_s=v["step_cv"] * t_c * normal_max_factor(p))
+        ips = p * batch / st.step_s
+        bound = "interconnect" if st.exposed_s > 0.1 * st.step_s else "compute"
+        out.update(comm_s=comm, exposed_s=st.exposed_s, step_s=st.step_s)
+    else:
+        # a worker's push n and pull n share its node's NIC with the node's other GPUs (full duplex)
+        bw_worker = bw_node / min(p, per_node)
+        rate = ps_async_rate(p, t_c, n, shards, bw_node, bw_worker, v["ps_service_s_per_B"] * n, v["chief_rate"])
+        ips = rate * batch
+        worker_cap = p / (t_c + n / bw_worker)
+        ps_cap = shards / max(n / bw_node, v["ps_service_s_per_B"] * n)
+        if rate >= worker_cap - 1e-12:
+            bound = "interconnect" if n / bw_worker > 0.1 * t_c else "compute"
+        elif rate >= ps_cap - 1e-12:
+            bound = "ps"
+        else:
+            bound = "chief"
+        out.update(comm_s=n / bw_worker, updates_per_s=rate)
+    out.update(images_per_sec=ips, speedup=ips / one, bound=bound)
+    return out
+
+
+def seed_table(data: dict | None = None, p: int = 48, target: float = 30.0, heads: tuple[str, ...] = ("gap", "fc4096"),
+               batches: tuple[int, ...] = (8, 16, 32, 64), ps_shards: tuple[int, ...] = (1, 4, 16)) -> tuple[list[dict], str]:
+    """What the seed's '>30x at 48 GPUs' implies: for each (head, batch per GPU, arm, PS shards) the
+    tsubame2.5 speedup at p GPUs, whether it reaches `target`, and what bounds it. Rows + markdown."""
+    data = data or load_profile_data()
+    rows = []
+    for head in heads:
+        for b in batches:
+            for arm in ARMS:
+                for s in (ps_shards if arm.endswith("ps") else (1,)):
+                    r = project(head, b, arm, p, shards=s, data=data)
+                    r["reaches_target"] = r["speedup"] >= target
+                    rows.append(r)
+    lines = [f"| head | batch/GPU | arm | PS shards | speedup at {p} | >= {target:g}x | bound |",
+             "|---|---:|---|---:|---:|:---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['head']} | {r['batch']} | {r['arm']} | {r['shards'] or '-'} | {r['speedup']:.1f}x | "
+                     f"{'yes' if r['reaches_target'] else 'no'} | {r['bound']} |")
+    return rows, "\n".join(lines)
+
+
+def projection_band(head: str, batch: int, arm: str, p: int = 48, shards: int = 1, name: str = "tsubame2.5",
+                    data: dict | None = None) -> dict:
+    """Speedup at p with a band: each assumed input varied alone over its stated range (endpoints and
+    midpoint), the others at their values. Returns value, low, high, per-input (low, high) and the
+    input that moves the figure most."""
+    data = data or load_profile_data()
+    terms = measured_terms(name, data)
+    base = project(head, batch, arm, p, shards, name, data)["speedup"]
+    by_input = {}
+    for k, spec in terms["inputs"].items():
+        lo, hi = spec["range"]
+        got = [project(head, batch, arm, p, shards, name, data, input_values(terms, **{k: x}))["speedup"]
+               for x in (lo, (lo + hi) / 2, hi)]
+        by_input[k] = (min(got + [base]), max(got + [base]))
+    most = max(by_input, key=lambda k: by_input[k][1] - by_input[k][0])
+    return {"value": base, "low": min(lo for lo, _ in by_input.values()),
+            "high": max(hi for _, hi in by_input.values()), "by_input": by_input, "most": most}

@@ -1,0 +1,196 @@
+"""Issue 12 model terms, each on a hand-computed case; the published K80 set's schema and two
+hand-checked predictions; the tsubame2.5 seed table and band. Pure functions, no TensorFlow."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from compare import scaling, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+K80 = ROOT / "compare" / "published" / "k80.json"
+
+
+# ------------------------------------------------------------------ exposed communication
+def test_exposed_comm_from_a_ready_curve():
+    # half the bytes ready at mid-backward, the rest at its end; t_comm = t_bwd = 1 s:
+    # first half sent 0.5 -> 1.0, second half 1.0 -> 1.5: 0.5 s exposed
+    assert scaling.exposed_comm(1.0, 1.0, [(0.5, 0.5), (1.0, 1.0)]) == pytest.approx(0.5)
+    # everything ready at once: 0.5 s of comm fits in 1 s of backward
+    assert scaling.exposed_comm(0.5, 1.0, [(0.0, 1.0)]) == 0.0
+    # nothing ready before backward ends: all of it exposed
+    assert scaling.exposed_comm(0.7, 1.0, [(1.0, 1.0)]) == pytest.approx(0.7)
+    # 3 s of comm behind 1 s of backward, all ready at 0: 2 s exposed
+    assert scaling.exposed_comm(3.0, 1.0, [(0.0, 0.25), (0.0, 1.0)]) == pytest.approx(2.0)
+
+
+def test_fused_messages_and_latency():
+    mib = 1024 * 1024
+    assert scaling.fused_messages(150 * mib, 64 * mib) == 3
+    assert scaling.fused_messages(1, 64 * mib) == 1
+    # 6 GPUs, 3 a node: each message pays 2*2 intra alphas + 2*1 inter alphas; half a 4 ms cycle
+    assert scaling.fused_latency(3, 6, 3, 1e-5, 5e-6, 0.004) == pytest.approx(3 * (4e-5 + 1e-5) + 0.002)
+    assert scaling.fused_latency(3, 1, 3, 1e-5, 5e-6, 0.004) == 0.0
+
+
+# ------------------------------------------------------------------ stragglers
+def test_expected_max_of_p_draws_from_the_empirical_cdf():
+    assert scaling.expected_max([1.0, 2.0], 2) == pytest.approx(1.75)      # 1/4 * 1 + 3/4 * 2
+    assert scaling.expected_max([3.0, 1.0, 2.0], 2) == pytest.approx(22 / 9)  # (1 + 2*3 + 3*5) / 9
+    assert scaling.expected_max([1.0, 2.0, 3.0], 1) == pytest.approx(2.0)
+    assert scaling.straggler_time([1.0, 2.0, 3.0], 2) == pytest.approx(4 / 9)
+    assert scaling.straggler_time([5.0, 5.0], 48) == pytest.approx(0.0)
+
+
+def test_normal_max_factor():
+    assert scaling.normal_max_factor(1) == 0.0
+    assert scaling.normal_max_factor(2) == pytest.approx(1 / math.sqrt(math.pi), rel=1e-6)
+    assert scaling.normal_max_factor(3) == pytest.approx(1.5 / math.sqrt(math.pi), rel=1e-6)
+    assert scaling.normal_max_factor(10) == pytest.approx(1.53875, abs=1e-4)   # tabulated (Tippett 1925)
+    assert scaling.normal_max_factor(100) == pytest.approx(2.50759, abs=1e-4)
+
+
+def test_effective_bandwidth_is_the_slower_of_link_and_cpu():
+    assert scaling.effective_bandwidth(10e9, 4e9) == 4e9
+    assert scaling.effective_bandwidth(1e9, 4e9) == 1e9
+    assert scaling.effective_bandwidth(1e9, None) == 1e9
+
+
+# ------------------------------------------------------------------ parameter servers
+def test_ps_full_duplex_cap_service_time_and_chief():
+    # 4 workers, 1 s compute, n = 1 GB over 1 GB/s links: a worker needs 1 + 1 s (push || pull)
+    assert scaling.ps_async_rate(4, 1.0, 1e9, 2, 1e9, 1e9) == pytest.approx(2.0)
+    # 2 full-duplex shards serve 2 / (n/B) = 2 updates/s; the old half-duplex formula gave S*B/(2n) = 1
+    assert scaling.ps_async_rate(8, 1.0, 1e9, 2, 1e9, 1e9) == pytest.approx(2.0)
+    assert scaling.ps_update_rate(8, 2.0, 1e9, 2, 1e9) == pytest.approx(1.0)
+    # PS CPU: 4 s of service per update over 2 shards -> 0.5 updates/s
+    assert scaling.ps_async_rate(8, 1.0, 1e9, 2, 1e9, 1e9, service_s=4.0) == pytest.approx(0.5)
+    # the chief dispatches at most 1.5 steps/s
+    assert scaling.ps_async_rate(4, 1.0, 1e9, 2, 1e9, 1e9, chief_rate=1.5) == pytest.approx(1.5)
+
+
+def test_sync_ps_busiest_nic_bytes():
+    assert scaling.sync_ps_nic_bytes(1.0, 8, 8) == pytest.approx(1.75)   # = ring 2(N-1)/N
+    assert scaling.sync_ps_nic_bytes(1.0, 8, 4) == pytest.approx(2.5)    # (8 + 4 - 2) / 4
+    assert scaling.sync_ps_nic_bytes(1.0, 2, 1) == pytest.approx(1.0)
+    assert scaling.sync_ps_nic_bytes(1.0, 1, 1) == 0.0
+
+
+def test_async_allreduce_arm():
+    # all-reduce 2 s, compute 1 s: with 1 sub-batch in flight the worker waits -> 4*10/2 img/s
+    assert scaling.async_allreduce_rate(4, 10, 1.0, 2.0, 1) == pytest.approx((20.0, 0.5, 40.0))
+    # accumulating 2 sub-batches keeps compute busy: 40 img/s, still 0.5 updates/s of 80 images
+    assert scaling.async_allreduce_rate(4, 10, 1.0, 2.0, 2) == pytest.approx((40.0, 0.5, 80.0))
+    assert scaling.async_allreduce_rate(4, 10, 1.0, 0.5, 1) == pytest.approx((40.0, 1.0, 40.0))
+
+
+def test_step_terms_add_up():
+    t = scaling.step_terms(1.0, 2, comm_s=0.5, hidden_fraction=0.4, overhead_s=0.1, straggler_s=0.05)
+    assert t.exposed_s == pytest.approx(0.3) and t.step_s == pytest.approx(1.45)
+    assert t.efficiency == pytest.approx(1 / 1.45)
+    t = scaling.step_terms(1.0, 2, comm_s=1.0, backward_fraction=1.0, ready_curve=[(0.5, 0.5), (1.0, 1.0)])
+    assert t.exposed_s == pytest.approx(0.5)
+    assert scaling.step_terms(1.0, 1, comm_s=9.0, overhead_s=1.0).step_s == 1.0
+
+
+# ------------------------------------------------------------------ published K80 set (compare validate)
+def test_k80_file_schema_and_sources():
+    doc = validate.load(str(K80))
+    assert set(doc["globals"]["values"]) == set(scaling.VALIDATION_GLOBALS) and len(scaling.VALIDATION_GLOBALS) <= 3
+    assert doc["globals"]["generation"] == "kepler"
+    for pt in doc["points"]:
+        assert set(validate.POINT_FIELDS) <= set(pt)
+        assert pt["source"].startswith("https://") and pt["title"] and pt["network"]
+    models = {pt["model"] for pt in doc["points"]}
+    assert models == {"inception3", "resnet50", "resnet152"}
+    assert {pt["gpus"] for pt in doc["points"]} == {1, 2, 4, 8, 16, 32, 64}
+    for m in doc["models"].values():
+        assert m["source"].startswith("https://")
+
+
+def test_validation_arithmetic_on_two_hand_checked_points():
+    doc = json.loads(K80.read_text())
+    g = {"overhead_s": 0.055, "hidden_fraction": 0.46, "step_cv": 0.02}
+    rs = {(r["table"].split(" / ")[0], r["model"], r["batch_per_gpu"], r["gpus"]): r for r in validate.rows(doc, g)}
+    # ResNet-50, batch 64, 64 GPUs on 8 p2.8xlarge, 8 PS: t_c = 64/52.4; NIC bytes 1.75 x 4 x 25.6e6 at 1.25e9 B/s,
+    # 54% exposed; 0.055 s overhead; straggler 0.02 x t_c x E[max of 64 standard normals]
+    t_c = 64 / 52.4
+    step = t_c + 0.54 * 1.75 * 102.4e6 / 1.25e9 + 0.055 + 0.02 * t_c * scaling.normal_max_factor(64)
+    r = rs[("Details for Amazon EC2 Distributed (NVIDIA Tesla K80)", "resnet50", 64, 64)]
+    assert r["predicted_eff"] == pytest.approx(t_c / step, rel=1e-9)
+    assert r["published_eff"] == pytest.approx(2744 / (64 * 52.4))
+    # InceptionV3, batch 64, 2 GPUs in one server: no NIC; overhead + straggler 0.02 x t_c / sqrt(pi)
+    t_c = 64 / 30.8
+    r = rs[("Details for Amazon EC2 (NVIDIA Tesla K80)", "inception3", 64, 2)]
+    assert r["predicted_eff"] == pytest.approx(t_c / (t_c + 0.055 + 0.02 * t_c / math.sqrt(math.pi)), rel=1e-6)
+    assert r["error_pts"] == pytest.approx(100 * (r["predicted_eff"] - 58.7 / (2 * 30.8)))
+
+
+def test_validate_meets_the_goal_with_the_files_globals():
+    doc = validate.load(str(K80))
+    mean, mx = validate.summary(validate.rows(doc, doc["globals"]["values"]))
+    assert mean <= 3.0 and mx <= 6.0
+    assert mean == pytest.approx(doc["globals"]["mean_abs_error_pts"], abs=1e-3)
+
+
+def test_validate_fit_writes_globals_and_bad_file_writes_nothing(tmp_path: Path, capsys):
+    small = json.loads(K80.read_text())
+    small["points"] = [p for p in small["points"] if p["model"] == "resnet50" and p["batch_per_gpu"] == 64
+                       and "Distributed" in p["table"]]
+    small["globals"] = {}
+    f = tmp_path / "set.json"
+    f.write_text(json.dumps(small))
+    assert validate.main(["--file", str(f), "--fit"]) == 0
+    got = json.loads(f.read_text())["globals"]
+    assert set(got["values"]) == set(scaling.VALIDATION_GLOBALS) and got["max_abs_error_pts"] >= 0
+    bad = tmp_path / "bad.json"
+    small["points"][0].pop("source")
+    bad.write_text(json.dumps(small))
+    before = bad.read_text()
+    assert validate.main(["--file", str(bad), "--fit"]) == 2
+    assert bad.read_text() == before
+    assert "lacks 'source'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ tsubame2.5 from sources
+def test_vgg_a_macs_and_the_k20x_anchor():
+    layers = (224**2 * 3 * 64 + 112**2 * 64 * 128 + 56**2 * (128 * 256 + 256 * 256)
+              + 28**2 * (256 * 512 + 512 * 512) + 14**2 * 2 * 512 * 512) * 9 + 25088 * 4096 + 4096 * 4096 + 4096 * 1000
+    assert scaling.vgg_a_macs() == layers
+    terms = scaling.measured_terms("tsubame2.5")
+    v = scaling.input_values(terms)
+    achieved = 32 * 6 * layers / 1e9 / 0.802                       # GFLOP/s of the Titan Black, cuDNN R2
+    want = achieved * (2688 * 0.732) / (2880 * v["titan_black_clock_ghz"]) * v["ecc_factor"]
+    assert scaling.k20x_gflops(terms, v) == pytest.approx(want)
+    assert 0.25 < want / 3950 < 0.36                                # a third of the K20X fp32 peak, not an assumed 35%
+
+
+def test_every_input_has_a_range_and_a_source():
+    for k, spec in scaling.measured_terms("tsubame2.5")["inputs"].items():
+        lo, hi = spec["range"]
+        assert lo <= spec["value"] <= hi and spec["source"], k
+
+
+def test_seed_table_and_band():
+    rows, md = scaling.seed_table()
+    assert len(rows) == 2 * 4 * (1 + 1 + 3 + 3) and len(md.splitlines()) == len(rows) + 2
+    assert all(r["bound"] in ("compute", "interconnect", "ps", "chief") for r in rows)
+    assert all(0 < r["speedup"] <= 48 + 1e-9 for r in rows)
+    # the async-PS arm with one shard is capped by its PS at the fc4096 head
+    one = [r for r in rows if r["arm"] == "async_ps" and r["shards"] == 1 and r["head"] == "fc4096" and r["batch"] == 8]
+    assert one[0]["bound"] == "ps"
+    band = scaling.projection_band("fc4096", 32, "sync_ps", shards=4)
+    assert band["low"] <= band["value"] <= band["high"] and band["most"] in band["by_input"]
+    lo, hi = band["by_input"][band["most"]]
+    assert hi - lo == pytest.approx(max(h - l for l, h in band["by_input"].values()))
+
+
+def test_unknown_arm_and_bad_p():
+    with pytest.raises(scaling.ModelError):
+        scaling.project("gap", 32, "ring", 48)
+    with pytest.raises(scaling.ModelError):
+        scaling.expected_max([1.0], 0)
