@@ -130,6 +130,8 @@ def build_parser(convergence: bool = False) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["validate"], ["calibrate"]):  # issue 12: compare/validate.py, compare/calibrate.py
+        return __import__(f"compare.{argv[0]}", fromlist=["main"]).main(argv[1:])
     if any(a == "--cluster=emulated" or (a == "--cluster" and argv[i + 1:i + 2] == ["emulated"])
            for i, a in enumerate(argv)):  # the netns multi-node study (issue 8): compare/emulated.py
         from compare.emulated import main as emulated_main

@@ -194,3 +194,46 @@ def test_unknown_arm_and_bad_p():
         scaling.project("gap", 32, "ring", 48)
     with pytest.raises(scaling.ModelError):
         scaling.expected_max([1.0], 0)
+
+
+# ------------------------------------------------------------------ compare calibrate
+def _record(run_id: str, p: int, p50: float, p95: float | None, **extra) -> dict:
+    r = {"run_id": run_id, "status": "ok", "mode": "sync", "num_workers": p, "head": "gap", "image_size": 32,
+         "per_worker_batch": 64, "compression": "none", "gradient_bytes": 1_000_000, "tag": "role=main",
+         "step_time_s": {"p50": p50, "p95": p95}}
+    r.update(extra)
+    return r
+
+
+def test_calibrate_writes_a_profile_from_the_runs(tmp_path: Path):
+    from compare import calibrate
+    from compare.__main__ import main as compare_main
+
+    study = tmp_path / "results" / "s"
+    study.mkdir(parents=True)
+    recs = [_record("a", 1, 0.1, 0.2), _record("b", 2, 0.2, 0.3),
+            _record("c", 1, 9.0, 9.0, tag="role=ceiling"), _record("d", 1, 9.0, 9.0, status="failed")]
+    (study / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"torn": ')
+    (study / "allreduce.json").write_text(json.dumps({"np": 2, "alpha_s": 1e-3, "bw_Bps": 1e8}))
+    assert compare_main(["calibrate", "--results-dir", str(tmp_path / "results"), "--study", "s"]) == 0
+    prof = json.loads((study / "profile.json").read_text())
+    w = prof["workloads"]["gap-s32-b64"]
+    assert w["t_compute_s"] == 0.1 and w["one_worker_runs"] == 1 and len(w["step_samples"]) == 20
+    # E[max of 2] of 18 x 0.1 and 2 x 0.2 = 0.1 x 0.81 + 0.2 x 0.19 = 0.119; mean 0.11 -> straggler 0.009
+    # allreduce of 1 MB at np 2: 2 x 1e-3 + 1e6 / 1e8 = 0.012; overhead = 0.2 - 0.1 - 0.012 - 0.009
+    assert w["overhead_s"] == pytest.approx(0.079)
+    assert prof["alpha_s"] == 1e-3 and prof["bw_Bps"] == 1e8 and prof["devices_per_node"] == 2
+    two = calibrate.predict(prof, "gap-s32-b64", 2)
+    assert two["step_s"] == pytest.approx(0.2)                     # calibrated at p = 2 by construction
+    assert calibrate.predict(prof, "gap-s32-b64", 1)["speedup"] == pytest.approx(1.0)
+
+
+def test_calibrate_bad_input_exits_2_and_writes_nothing(tmp_path: Path, capsys):
+    from compare.__main__ import main as compare_main
+
+    study = tmp_path / "s"
+    study.mkdir()
+    (study / "runs.jsonl").write_text(json.dumps(_record("a", 1, 0.1, 0.2)) + "\n")
+    assert compare_main(["calibrate", "--results-dir", str(tmp_path), "--study", "s"]) == 2
+    assert not (study / "profile.json").exists()
+    assert "no allreduce benchmark" in capsys.readouterr().err
