@@ -538,6 +538,15 @@ def k20x_gflops(terms: dict, v: dict[str, float]) -> float:
     return achieved * scale * v["ecc_factor"]
 
 
+def compute_s(terms: dict, v: dict[str, float], head: str, batch: int, paper: dict) -> float:
+    """One GPU's step time at `batch`: from the Kepler anchor (tsubame2.5) or a measured step of the
+    device itself scaled linearly with batch (h200), times compute_scale when given."""
+    if "kepler_anchor" in terms:
+        return batch * paper[head]["train_gflop_per_img"] / k20x_gflops(terms, v)
+    a = terms["compute_anchor"]
+    return a[head]["step_s"] * batch / a["batch"] * v.get("compute_scale", 1.0)
+
+
 def project(head: str, batch: int, arm: str, p: int, shards: int = 1, name: str = "tsubame2.5",
             data: dict | None = None, values: dict[str, float] | None = None) -> dict:
     """Images/s and speedup over one GPU of one arm at p GPUs, with its terms and what bounds it.
@@ -557,10 +566,11 @@ def project(head: str, batch: int, arm: str, p: int, shards: int = 1, name: str 
     if head not in paper:
         raise ModelError(f"unknown head {head!r}")
     per_node = prof["devices_per_node"]
-    t_c = batch * paper[head]["train_gflop_per_img"] / k20x_gflops(terms, v)
-    n = 4.0 * paper[head]["params"]
-    bw_node = effective_bandwidth(v["bw_node_Bps"], v["cpu_Bps"])
-    bw_intra = effective_bandwidth(v["bw_intra_Bps"], v["cpu_Bps"])
+    t_c = compute_s(terms, v, head, batch, paper)
+    n = 4.0 * paper[head]["params"]      # fp32 gradients (bf16 autocast keeps fp32 gradients)
+    bw_node = effective_bandwidth(v["bw_node_Bps"], v.get("cpu_Bps"))
+    bw_intra = effective_bandwidth(v["bw_intra_Bps"], v.get("cpu_Bps"))
+    bw_ps = effective_bandwidth(v.get("ps_bw_Bps", v["bw_node_Bps"]), v.get("cpu_Bps"))
     one = batch / t_c
     nodes = math.ceil(p / per_node)
     out = {"head": head, "batch": batch, "arm": arm, "p": p, "shards": shards if arm.endswith("ps") else None,
@@ -592,10 +602,10 @@ def project(head: str, batch: int, arm: str, p: int, shards: int = 1, name: str 
     else:
         # a worker's push n and pull n share its node's NIC with the node's other GPUs (full duplex)
         bw_worker = bw_node / min(p, per_node)
-        rate = ps_async_rate(p, t_c, n, shards, bw_node, bw_worker, v["ps_service_s_per_B"] * n, v["chief_rate"])
+        rate = ps_async_rate(p, t_c, n, shards, bw_ps, bw_worker, v["ps_service_s_per_B"] * n, v["chief_rate"])
         ips = rate * batch
         worker_cap = p / (t_c + n / bw_worker)
-        ps_cap = shards / max(n / bw_node, v["ps_service_s_per_B"] * n)
+        ps_cap = shards / max(n / bw_ps, v["ps_service_s_per_B"] * n)
         if rate >= worker_cap - 1e-12:
             bound = "interconnect" if n / bw_worker > 0.1 * t_c else "compute"
         elif rate >= ps_cap - 1e-12:
@@ -608,7 +618,7 @@ def project(head: str, batch: int, arm: str, p: int, shards: int = 1, name: str 
 
 
 def seed_table(data: dict | None = None, p: int = 48, target: float = 30.0, heads: tuple[str, ...] = ("gap", "fc4096"),
-               batches: tuple[int, ...] = (8, 16, 32, 64), ps_shards: tuple[int, ...] = (1, 4, 16)) -> tuple[list[dict], str]:
+               batches: tuple[int, ...] = (4, 8, 16, 32, 64), ps_shards: tuple[int, ...] = (1, 4, 16)) -> tuple[list[dict], str]:
     """What the seed's '>30x at 48 GPUs' implies: for each (head, batch per GPU, arm, PS shards) the
     tsubame2.5 speedup at p GPUs, whether it reaches `target`, and what bounds it. Rows + markdown."""
     data = data or load_profile_data()
@@ -625,14 +635,53 @@ def seed_table(data: dict | None = None, p: int = 48, target: float = 30.0, head
     for r in rows:
         lines.append(f"| {r['head']} | {r['batch']} | {r['arm']} | {r['shards'] or '-'} | {r['speedup']:.1f}x | "
                      f"{'yes' if r['reaches_target'] else 'no'} | {r['bound']} |")
+    lines.append("")
+    for key in dict.fromkeys((r["head"], r["arm"], r["shards"]) for r in rows):
+        rs = [r for r in rows if (r["head"], r["arm"], r["shards"]) == key]
+        ok = [r["batch"] for r in rs if r["reaches_target"]]
+        net = [r["batch"] for r in rs if r["bound"] != "compute"]
+        lines.append(f"- {key[0]}, {key[1]}" + (f", {key[2]} PS shards" if key[2] else "") + ": "
+                     + (f">= {target:g}x from batch {min(ok)} per GPU" if ok else f"never >= {target:g}x")
+                     + (f"; interconnect/PS-bound at batch {', '.join(map(str, net))}" if net else "; compute-bound"))
     return rows, "\n".join(lines)
+
+
+def inputs_markdown(name: str = "tsubame2.5", data: dict | None = None) -> str:
+    """Every input of the projection with its value and its source or 'assumption', and the range the
+    band varies it over: to print under the projection and seed tables."""
+    terms = measured_terms(name, data)
+    lines = ["| input | value | band range | source |", "|---|---:|---|---|"]
+    for k, spec in terms["inputs"].items():
+        lo, hi = spec["range"]
+        lines.append(f"| {k} | {spec['value']:g} | {lo:g} - {hi:g} | {spec['source']} |")
+    for block in ("kepler_anchor", "compute_anchor", "ready_curves"):
+        if block in terms:
+            lines.append(f"\n{block}: {terms[block]['source']}")
+    if name == "tsubame2.5":
+        lines.append("\nThe seed's own system (SPRINT, Denso IT Lab + Tokyo Tech) is described in issue 12 as summing "
+                     "gradients with MPI all-reduce asynchronously (sub-batches accumulate while an all-reduce runs), "
+                     "not through a parameter server; modelled as the async_allreduce arm. Not checked against a "
+                     "primary source here.")
+    return "\n".join(lines)
+
+
+def projection_rows(name: str, head: str, batch: int, arm: str, shards: int = 1,
+                    gpus: tuple[int, ...] = PROJECTION_GPUS, data: dict | None = None) -> list[dict]:
+    """Speedup with its band at each GPU count (for the report's projection table and figure)."""
+    data = data or load_profile_data()
+    out = []
+    for p in gpus:
+        b = projection_band(head, batch, arm, p, shards, name, data)
+        out.append({"profile": name, "head": head, "batch": batch, "arm": arm, "shards": shards, "p": p,
+                    "speedup": b["value"], "low": b["low"], "high": b["high"], "most": b["most"]})
+    return out
 
 
 def projection_band(head: str, batch: int, arm: str, p: int = 48, shards: int = 1, name: str = "tsubame2.5",
                     data: dict | None = None) -> dict:
     """Speedup at p with a band: each assumed input varied alone over its stated range (endpoints and
     midpoint), the others at their values. Returns value, low, high, per-input (low, high) and the
-    input that moves the figure most."""
+    input that moves the figure most (None when none moves it)."""
     data = data or load_profile_data()
     terms = measured_terms(name, data)
     base = project(head, batch, arm, p, shards, name, data)["speedup"]
@@ -643,5 +692,7 @@ def projection_band(head: str, batch: int, arm: str, p: int = 48, shards: int = 
                for x in (lo, (lo + hi) / 2, hi)]
         by_input[k] = (min(got + [base]), max(got + [base]))
     most = max(by_input, key=lambda k: by_input[k][1] - by_input[k][0])
+    if by_input[most][1] - by_input[most][0] <= 1e-9 * max(abs(base), 1.0):
+        most = None                       # no input moves it (e.g. compute-bound async all-reduce)
     return {"value": base, "low": min(lo for lo, _ in by_input.values()),
             "high": max(hi for _, hi in by_input.values()), "by_input": by_input, "most": most}

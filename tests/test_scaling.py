@@ -177,7 +177,11 @@ def test_every_input_has_a_range_and_a_source():
 
 def test_seed_table_and_band():
     rows, md = scaling.seed_table()
-    assert len(rows) == 2 * 4 * (1 + 1 + 3 + 3) and len(md.splitlines()) == len(rows) + 2
+    assert len(rows) == 2 * 5 * (1 + 1 + 3 + 3)
+    assert len([ln for ln in md.splitlines() if ln.startswith("| ")]) == len(rows) + 1
+    assert len([ln for ln in md.splitlines() if ln.startswith("- ")]) == 2 * (1 + 1 + 3 + 3)
+    # batch 4 of the fc4096 head: 0.26 s of compute against ~0.35 s of all-reduce -> the interconnect binds
+    assert [r["bound"] for r in rows if r["head"] == "fc4096" and r["batch"] == 4 and r["arm"] == "sync_allreduce"] == ["interconnect"]
     assert all(r["bound"] in ("compute", "interconnect", "ps", "chief") for r in rows)
     assert all(0 < r["speedup"] <= 48 + 1e-9 for r in rows)
     # the async-PS arm with one shard is capped by its PS at the fc4096 head
@@ -237,3 +241,14 @@ def test_calibrate_bad_input_exits_2_and_writes_nothing(tmp_path: Path, capsys):
     assert compare_main(["calibrate", "--results-dir", str(tmp_path), "--study", "s"]) == 2
     assert not (study / "profile.json").exists()
     assert "no allreduce benchmark" in capsys.readouterr().err
+
+
+def test_inputs_markdown_and_projection_rows_for_both_clusters():
+    for name in ("tsubame2.5", "h200"):
+        md = scaling.inputs_markdown(name)
+        assert all(k in md for k in scaling.measured_terms(name)["inputs"])
+        rows = scaling.projection_rows(name, "gap", 64, "sync_allreduce", gpus=(1, 48))
+        assert rows[0]["speedup"] == pytest.approx(1.0) and rows[0]["low"] == pytest.approx(1.0)
+        assert rows[1]["low"] <= rows[1]["speedup"] <= rows[1]["high"] <= 48 + 1e-9
+    # the compute-bound async all-reduce arm: no input moves it
+    assert scaling.projection_band("gap", 64, "async_allreduce")["most"] is None
