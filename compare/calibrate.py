@@ -11,7 +11,6 @@ approximation of its distribution: 18 draws at p50 and 2 at p95 (its upper tenth
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -19,6 +18,7 @@ import sys
 
 from compare.scaling import (PROJECTION_GPUS, ModelError, allreduce_time, fit_alpha_beta, step_terms,
                              straggler_time)
+from compare.validate import OneLineParser
 
 FORMAT = "cnn11-calibrated-profile/1"
 
@@ -124,7 +124,7 @@ def predict(profile: dict, key: str, p: int, ready_curve: list | None = None, ba
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="compare calibrate", description=__doc__, allow_abbrev=False)
+    parser = OneLineParser(prog="compare calibrate", description=__doc__, allow_abbrev=False)
     parser.add_argument("--study", default="local")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--per-node", type=int, default=0, help="devices a node (default: the bench's np)")

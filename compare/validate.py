@@ -23,6 +23,16 @@ POINT_FIELDS = {"source": str, "title": str, "table": str, "hardware": str, "net
 GRID = {"overhead_s": [i * 0.005 for i in range(0, 31)],
         "hidden_fraction": [i * 0.02 for i in range(0, 41)],
         "step_cv": [i * 0.0025 for i in range(0, 21)]}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags: one line on stderr and exit 2 (the project's bad-input rule), no usage block."""
+
+    def error(self, message: str) -> None:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 OBJECTIVE = "minimise mean |error| + 0.25 x max |error| (points of efficiency) over the grid GRID in compare/validate.py"
 
 
@@ -113,7 +123,7 @@ def format_table(rs: list[dict], mean: float, mx: float, g: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="compare validate", description=__doc__, allow_abbrev=False)
+    parser = OneLineParser(prog="compare validate", description=__doc__, allow_abbrev=False)
     parser.add_argument("--file", default=DEFAULT_FILE, help="published points (JSON)")
     parser.add_argument("--fit", action="store_true", help="refit the globals on this file and write them into it")
     try:

@@ -252,3 +252,16 @@ def test_inputs_markdown_and_projection_rows_for_both_clusters():
         assert rows[1]["low"] <= rows[1]["speedup"] <= rows[1]["high"] <= 48 + 1e-9
     # the compute-bound async all-reduce arm: no input moves it
     assert scaling.projection_band("gap", 64, "async_allreduce")["most"] is None
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["validate", "--bogus"], "unrecognized arguments: --bogus"),
+    (["validate", "--file", "/nonexistent/k80.json"], "cannot read"),
+    (["calibrate", "--per-node", "x"], "invalid int value"),
+])
+def test_bad_flags_are_one_line_and_exit_2(argv, want, capsys):
+    from compare.__main__ import main as compare_main
+
+    assert compare_main(argv) == 2
+    err = capsys.readouterr().err
+    assert want in err and len(err.strip().splitlines()) == 1
