@@ -478,18 +478,25 @@ def step_terms(t_compute: float, p: int, *, comm_s: float, backward_fraction: fl
 VALIDATION_GLOBALS = ("overhead_s", "hidden_fraction", "step_cv")
 
 
-def published_efficiency(point: dict, base_ips: float, params: float, bw_node: float, g: dict) -> float:
-    """Predicted efficiency of one published point (tf_cnn_benchmarks, synchronous): compute from the
-    table's own 1-GPU rate; the busiest NIC's PS bytes (sync_ps_nic_bytes) at the network's rate,
-    of which g["hidden_fraction"] is hidden; g["overhead_s"] a step from 2 GPUs on; a straggler term
-    g["step_cv"] x t_compute x E[max of p standard normals]."""
+def published_components(point: dict, base_ips: float, params: float, bw_node: float) -> tuple[float, float, float]:
+    """(t_compute, NIC seconds, E[max of p standard normals]) of one published point: what the
+    globals multiply. compare/validate.py's vectorised fit uses these; published_efficiency combines them."""
     p, b = int(point["gpus"]), int(point["batch_per_gpu"])
     t_c = b / base_ips
     nodes = math.ceil(p / int(point["gpus_per_node"]))
     shards = int(point.get("ps_shards") or nodes)
     comm = sync_ps_nic_bytes(4.0 * params, nodes, shards) / bw_node if nodes > 1 else 0.0
-    terms = step_terms(t_c, p, comm_s=comm, hidden_fraction=g["hidden_fraction"], overhead_s=g["overhead_s"],
-                       straggler_s=g["step_cv"] * t_c * normal_max_factor(p))
+    return t_c, comm, normal_max_factor(p)
+
+
+def published_efficiency(point: dict, base_ips: float, params: float, bw_node: float, g: dict) -> float:
+    """Predicted efficiency of one published point (tf_cnn_benchmarks, synchronous): compute from the
+    table's own 1-GPU rate; the busiest NIC's PS bytes (sync_ps_nic_bytes) at the network's rate,
+    of which g["hidden_fraction"] is hidden; g["overhead_s"] a step from 2 GPUs on; a straggler term
+    g["step_cv"] x t_compute x E[max of p standard normals]."""
+    t_c, comm, nmf = published_components(point, base_ips, params, bw_node)
+    terms = step_terms(t_c, int(point["gpus"]), comm_s=comm, hidden_fraction=g["hidden_fraction"],
+                       overhead_s=g["overhead_s"], straggler_s=g["step_cv"] * t_c * nmf)
     return terms.efficiency
 
 

@@ -129,11 +129,69 @@ def test_validation_arithmetic_on_two_hand_checked_points():
     assert r["error_pts"] == pytest.approx(100 * (r["predicted_eff"] - 58.7 / (2 * 30.8)))
 
 
-def test_validate_meets_the_goal_with_the_files_globals():
+def test_in_sample_errors_and_the_vectorised_fit_reproduce_the_files_globals():
     doc = validate.load(str(K80))
     mean, mx = validate.summary(validate.rows(doc, doc["globals"]["values"]))
-    assert mean <= 3.0 and mx <= 6.0
-    assert mean == pytest.approx(doc["globals"]["mean_abs_error_pts"], abs=1e-3)
+    ins = doc["globals"]["in_sample_fit"]
+    assert mean == pytest.approx(ins["mean_abs_error_pts"], abs=1e-3) and mx == pytest.approx(ins["max_abs_error_pts"], abs=1e-3)
+    assert "not a validation" in ins["note"] and "mean_abs_error_pts" not in doc["globals"]
+    g, fmean, _ = validate.fit(doc)
+    assert g == doc["globals"]["values"] and fmean == pytest.approx(mean)
+
+
+def test_out_of_sample_figures_in_the_file_are_the_cross_validation():
+    doc = validate.load(str(K80))
+    oos = doc["globals"]["out_of_sample_cross_validated"]
+    assert set(oos) == set(validate.CV_SCHEMES)
+    for scheme, want in oos.items():
+        cv = validate.cross_validate(doc, scheme)
+        assert len(cv["rows"]) == 50                  # every multi-GPU point predicted once, out of sample
+        assert cv["mean_pts"] == pytest.approx(want["mean_abs_error_pts"], abs=1e-3)
+        assert cv["max_pts"] == pytest.approx(want["max_abs_error_pts"], abs=1e-3)
+        assert [f["values"] for f in cv["folds"]] == [f["values"] for f in want["folds"]]
+    # single-server points carry no NIC traffic: they cannot fix the hidden share of the distributed fold
+    conf = {f["held_out"]: f for f in oos["configuration"]["folds"]}
+    assert conf["distributed"]["not_identified"] == ["hidden_fraction"] and conf["single-server"]["not_identified"] == []
+
+
+def _toy_point(model: str, gpus: int, ips: float) -> dict:
+    return {"source": "https://example.org/toy", "title": "toy", "table": "T", "hardware": "h", "network": "n",
+            "model": model, "batch_per_gpu": 10, "gpus": gpus, "gpus_per_node": 8, "images_per_sec": ips}
+
+
+def test_cross_validation_arithmetic_on_a_three_model_toy(tmp_path: Path):
+    # one server, t_compute = 1 s; models a and b lose 0.05 s a step at 2 GPUs, c loses 0.08 s.
+    # Grid: overhead 0.05 or 0.07, nothing hidden, no straggler.
+    toy = {"models": {m: {"params": 1e6} for m in "abc"}, "network": {"distributed_Bps": 1e9},
+           "points": [_toy_point(m, 1, 10.0) for m in "abc"]
+           + [_toy_point("a", 2, 20 / 1.05), _toy_point("b", 2, 20 / 1.05), _toy_point("c", 2, 20 / 1.08)]}
+    grid = {"overhead_s": [0.05, 0.07], "hidden_fraction": [0.0], "step_cv": [0.0]}
+    # in-sample: 0.05 (errors 0, 0, 2.65; score 0.88 + 0.66) beats 0.07 (1.78, 1.78, 0.87; score 1.48 + 0.45)
+    g, mean, mx = validate.fit(toy, grid)
+    e_c = 100 * (1 / 1.05 - 1 / 1.08)                 # c predicted with 0.05: +2.6455 points
+    assert g["overhead_s"] == 0.05 and mean == pytest.approx(e_c / 3) and mx == pytest.approx(e_c)
+    # without a: b and c -> 0.07 (mean 1.32 either way, max 1.78 < 2.65); a predicted with 0.07: -1.78 points.
+    # Same for b. Without c: a and b -> 0.05 exactly; c predicted +2.65.
+    e_ab = 100 * (1 / 1.07 - 1 / 1.05)
+    cv = validate.cross_validate(toy, "model", grid)
+    assert [(f["held_out"], f["values"]["overhead_s"]) for f in cv["folds"]] == [("a", 0.07), ("b", 0.07), ("c", 0.05)]
+    assert [r["error_pts"] for r in cv["rows"]] == pytest.approx([e_ab, e_ab, e_c])
+    assert cv["mean_pts"] == pytest.approx((2 * abs(e_ab) + e_c) / 3) and cv["max_pts"] == pytest.approx(e_c)
+    assert cv["mean_pts"] > mean                      # out of sample is worse than the fit's own points
+    with pytest.raises(scaling.ModelError, match="at least two groups"):
+        validate.cross_validate(toy, "configuration", grid)   # one server only: nothing to hold out
+    assert validate.possible_schemes(toy) == ["model"]
+    # the report's block carries both labels, in-sample never called a validation
+    md = validate.markdown(validate.evaluate(toy, g, ["model"], grid))
+    assert "in-sample (fit)" in md and "out-of-sample (cross-validated, leave one model out)" in md
+    assert "| in-sample (fit): globals fitted on all points | 3 | 0.88 | 2.65 | not a validation |" in md
+
+
+def test_validate_writes_the_markdown_block(tmp_path: Path):
+    out = tmp_path / "validate.md"
+    assert validate.main(["--file", str(K80), "--cv", "model", "--markdown", str(out)]) == 0
+    md = out.read_text()
+    assert "in-sample (fit)" in md and "out-of-sample (cross-validated, leave one model out) | 50 | 2.15 | 6.82 |" in md
 
 
 def test_validate_fit_writes_globals_and_bad_file_writes_nothing(tmp_path: Path, capsys):
@@ -145,7 +203,8 @@ def test_validate_fit_writes_globals_and_bad_file_writes_nothing(tmp_path: Path,
     f.write_text(json.dumps(small))
     assert validate.main(["--file", str(f), "--fit"]) == 0
     got = json.loads(f.read_text())["globals"]
-    assert set(got["values"]) == set(scaling.VALIDATION_GLOBALS) and got["max_abs_error_pts"] >= 0
+    assert set(got["values"]) == set(scaling.VALIDATION_GLOBALS) and got["in_sample_fit"]["max_abs_error_pts"] >= 0
+    assert got["out_of_sample_cross_validated"] == {}      # one model, one configuration: no fold to hold out
     bad = tmp_path / "bad.json"
     small["points"][0].pop("source")
     bad.write_text(json.dumps(small))
