@@ -2,7 +2,9 @@
 
 From results/<study>/runs.jsonl it takes the 1-worker step-time distribution of each (head, image
 size, batch) group and the 2-worker sync steps (for the fixed per-step overhead at p = 2); from
-results/<study>/allreduce.json the fitted alpha and bandwidth. It writes
+results/<study>/allreduce.json the fitted alpha and bandwidth; with --timeline FILE (HOROVOD_TIMELINE
+of a 2-rank sync run) the measured gradient-ready curve, the backward window's share of compute, and
+the step's exposed_comm and wait_other at p = 2 (compare/timeline.py) instead of "nothing hidden". It writes
 results/<study>/profile.json (or --out) and prints the sync projection it implies, so a user on a
 real cluster gets predictions for their machine. Bad input: one line, exit 2, nothing written.
 
@@ -16,8 +18,9 @@ import os
 import statistics
 import sys
 
-from compare.scaling import (PROJECTION_GPUS, ModelError, allreduce_time, fit_alpha_beta, step_terms,
-                             straggler_time)
+from compare.scaling import (PROJECTION_GPUS, ModelError, allreduce_time, exposed_comm, fit_alpha_beta,
+                             step_terms, straggler_time)
+from compare.timeline import TimelineError, ready_curve_file
 from compare.validate import OneLineParser
 
 FORMAT = "cnn11-calibrated-profile/1"
@@ -52,7 +55,7 @@ def run_samples(rec: dict) -> list[float]:
     return [st["p50"]] * 18 + ([p95] * 2 if isinstance(p95, (int, float)) else [st["p50"]] * 2)
 
 
-def calibrate(study_dir: str, per_node: int | None = None) -> dict:
+def calibrate(study_dir: str, per_node: int | None = None, timeline: str | None = None) -> dict:
     """The profile dict of one study (see FORMAT). ModelError when the study cannot give one."""
     recs = [r for r in read_runs(os.path.join(study_dir, "runs.jsonl")) if _main_ok(r)]
     bench_path = os.path.join(study_dir, "allreduce.json")
@@ -97,23 +100,65 @@ def calibrate(study_dir: str, per_node: int | None = None) -> dict:
             t2 = statistics.median(r["step_time_s"]["p50"] for r in g["two"])
             comm2 = allreduce_time(g["grad_bytes"], 2, 2, alpha, bw, alpha, bw)
             w["overhead_s"] = max(t2 - t_c - comm2 - straggler_time(samples, 2), 0.0)
+            w["t2_s"] = t2
             w["two_worker_runs"] = len(g["two"])
         workloads[key] = w
     if not workloads:
         raise ModelError(f"no ok 1-worker sync runs (main role) in {study_dir}/runs.jsonl")
-    return {"format": FORMAT, "study": os.path.basename(os.path.normpath(study_dir)),
+    prof = {"format": FORMAT, "study": os.path.basename(os.path.normpath(study_dir)),
             "devices_per_node": int(per_node or bench.get("np", 2)),
-            "alpha_s": alpha, "bw_Bps": bw, "overlap": "none (CPU ranks: no ready curve measured; pass one to hide comm)",
+            "alpha_s": alpha, "bw_Bps": bw, "overlap": "none (CPU ranks: no ready curve measured; pass --timeline to measure it)",
             "sources": {"compute": f"{study_dir}/runs.jsonl: 1-worker sync runs, p50/p95 step times",
                         "comm": comm_src,
-                        "overhead_s": "2-worker sync runs: median step - compute - allreduce - straggler(2)"},
+                        "overhead_s": "2-worker sync runs: median step - compute - allreduce (nothing hidden) - straggler(2)"},
             "workloads": workloads}
+    if timeline:
+        _apply_timeline(prof, timeline)
+    return prof
 
 
-def predict(profile: dict, key: str, p: int, ready_curve: list | None = None, backward_fraction: float = 2 / 3) -> dict:
+def _apply_timeline(prof: dict, path: str) -> None:
+    """Measured overlap from a Horovod timeline of a 2-rank run: the gradient-ready curve and the
+    backward window's share of compute replace 'nothing hidden'; the timeline's exposed_comm and
+    wait_other (medians per step) replace the modelled allreduce and straggler when the fixed
+    overhead at p = 2 is taken out of the 2-worker step. Applies to the workloads whose gradient
+    bytes equal the timeline's (the same model)."""
+    try:
+        tl = ready_curve_file(path)
+    except (OSError, TimelineError) as e:
+        raise ModelError(f"timeline {path}: {e}")
+    if not tl["backward_fraction"]:
+        raise ModelError(f"timeline {path}: no step with a backward window after the previous step's end")
+    keys = [k for k, w in prof["workloads"].items() if w["grad_bytes"] == tl["grad_bytes"]]
+    if not keys:
+        raise ModelError(f"timeline {path}: its {tl['grad_bytes']} gradient bytes match no workload's gradient_bytes")
+    a, bw, g = prof["alpha_s"], prof["bw_Bps"], prof["devices_per_node"]
+    for k in keys:
+        w = prof["workloads"][k]
+        w["ready_curve"] = tl["ready_curve"]
+        w["backward_fraction"] = tl["backward_fraction"]
+        comm2 = allreduce_time(w["grad_bytes"], 2, g, a, bw, a, bw)
+        # p = 2 as the model sees it, next to the timeline's measurements (a check, not a fit)
+        w["check_p2"] = {"measured_exposed_comm_s": tl["exposed_comm_s"], "measured_wait_other_s": tl["wait_other_s"],
+                         "model_exposed_comm_s": exposed_comm(comm2, tl["backward_fraction"] * w["t_compute_s"], tl["ready_curve"]),
+                         "model_straggler_s": straggler_time(w["step_samples"], 2)}
+        if "two_worker_runs" in w:
+            w["overhead_s"] = max(w["t2_s"] - w["t_compute_s"] - tl["exposed_comm_s"] - tl["wait_other_s"], 0.0)
+    prof["overlap"] = f"measured: gradient-ready curve of {path}"
+    prof["timeline"] = {"path": path, "workloads": keys, **tl}
+    prof["sources"]["overlap"] = (f"{path}: per-tensor first-rank announce over the backward window (median of "
+                                  f"{tl['steps']} steps), bytes from the ALLREDUCE end events' dtype/shape")
+    prof["sources"]["overhead_s"] = ("2-worker sync runs: median step - compute - the timeline's exposed_comm - its "
+                                     "wait_other (medians per step); workloads without the timeline: nothing hidden")
+
+
+def predict(profile: dict, key: str, p: int, ready_curve: list | None = None, backward_fraction: float | None = None) -> dict:
     """Sync allreduce step at p workers from a calibrated profile: compute + straggler (E[max of p]
-    of the measured samples) + the overhead measured at p = 2 + the exposed allreduce."""
+    of the measured samples) + the overhead measured at p = 2 + the exposed allreduce (hidden behind
+    backward by the workload's measured ready curve when the profile has one, else nothing hidden)."""
     w = profile["workloads"][key]
+    ready_curve = ready_curve if ready_curve is not None else w.get("ready_curve")
+    backward_fraction = backward_fraction or w.get("backward_fraction") or 2 / 3
     g, a, bw = profile["devices_per_node"], profile["alpha_s"], profile["bw_Bps"]
     comm = allreduce_time(w["grad_bytes"], p, g, a, bw, a, bw)
     st = step_terms(w["t_compute_s"], p, comm_s=comm, ready_curve=ready_curve, backward_fraction=backward_fraction,
@@ -129,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--per-node", type=int, default=0, help="devices a node (default: the bench's np)")
     parser.add_argument("--out", default="", help="profile file (default: results/<study>/profile.json)")
+    parser.add_argument("--timeline", default="", help="HOROVOD_TIMELINE of a 2-rank sync run: measured overlap and p=2 terms")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
@@ -137,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.per_node < 0:
             raise ModelError("--per-node must be >= 1")
-        prof = calibrate(study_dir, args.per_node or None)
+        prof = calibrate(study_dir, args.per_node or None, args.timeline or None)
         rows = {k: [predict(prof, k, p) for p in PROJECTION_GPUS] for k in prof["workloads"]}
     except ModelError as e:
         print(f"compare calibrate: error: {e}", file=sys.stderr)

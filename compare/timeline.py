@@ -19,6 +19,7 @@ messages (distinct fused operations) and tensors per step.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 
@@ -67,8 +68,12 @@ def _union(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def step_breakdown(events: list[dict], skip_steps: int = 2) -> dict:
-    """Median per-step phases (seconds) over the steps after `skip_steps` warm-up steps."""
+DTYPE_BYTES = {"uint8": 1, "int8": 1, "bool": 1, "byte": 1, "uint16": 2, "int16": 2, "float16": 2, "bfloat16": 2,
+               "int32": 4, "float32": 4, "int64": 8, "float64": 8}
+
+
+def _gradient_exchanges(events: list[dict], skip_steps: int) -> tuple[dict[int, list[dict]], int]:
+    """{pid: [exchange k]} of the gradient tensors (exchanged once per step) and the step count."""
     per_tensor = spans(events)
     exchanges: dict[int, list[dict]] = {}
     for pid, items in per_tensor.items():
@@ -87,6 +92,12 @@ def step_breakdown(events: list[dict], skip_steps: int = 2) -> dict:
     grads = {pid: v for pid, v in exchanges.items() if len(v) == steps}
     if steps <= skip_steps + 1:
         raise TimelineError(f"only {steps} steps in the timeline; need more than {skip_steps + 1}")
+    return grads, steps
+
+
+def step_breakdown(events: list[dict], skip_steps: int = 2) -> dict:
+    """Median per-step phases (seconds) over the steps after `skip_steps` warm-up steps."""
+    grads, steps = _gradient_exchanges(events, skip_steps)
     rows = []
     prev_end = max(v[skip_steps - 1]["red"][1] for v in grads.values()) if skip_steps else None
     for k in range(skip_steps, steps):
@@ -114,3 +125,82 @@ def step_breakdown(events: list[dict], skip_steps: int = 2) -> dict:
 
 def breakdown(path: str, skip_steps: int = 2) -> dict:
     return step_breakdown(load_events(path), skip_steps)
+
+
+def tensor_bytes(events: list[dict]) -> dict[int, int]:
+    """{pid: bytes} from the args {'dtype', 'shape'} Horovod writes on each ALLREDUCE's end event
+    (dtype "float32", shape "[3, 3, 64, 128]"); the largest seen per tensor."""
+    out: dict[int, int] = {}
+    open_: dict[int, list[str]] = defaultdict(list)
+    for e in events:
+        ph, pid = e.get("ph"), e.get("pid")
+        if ph == "B":
+            open_[pid].append(e.get("name", ""))
+        elif ph == "E" and open_[pid]:
+            if open_[pid].pop() != "ALLREDUCE":
+                continue
+            args = e.get("args") or {}
+            dtype = str(args.get("dtype", "")).lower().removeprefix("horovod_")
+            shape = args.get("shape")
+            if dtype not in DTYPE_BYTES or shape is None:
+                continue
+            dims = shape if isinstance(shape, list) else [d for d in str(shape).strip("[]() ").split(",") if d.strip()]
+            try:
+                n = DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims)
+            except ValueError:
+                continue
+            out[pid] = max(out.get(pid, 0), n)
+    return out
+
+
+def ready_curve(events: list[dict], skip_steps: int = 2) -> dict:
+    """The gradient-ready curve of a synchronous step, in the form compare.scaling.exposed_comm takes
+    (the H200 anchor's form): cumulative [fraction of the backward window elapsed, fraction of the
+    gradient bytes ready], sorted.
+
+    Per step k after the warm-up: each gradient tensor's first-rank announce (NEGOTIATE begins) as
+    (announce - R(k)) / (L(k) - R(k)), R/L the step's first and last announce (the backward window
+    of step_breakdown); per tensor the median over steps; bytes from the ALLREDUCE end event's
+    dtype and shape. Also returned: backward_fraction = median over steps of the backward window over
+    (before_comm + backward), the fastest rank's compute, so that bf x t_compute of a 1-worker run
+    is the window the curve spans; and the step's measured wait_other and exposed_comm (medians, s).
+    """
+    grads, steps = _gradient_exchanges(events, skip_steps)
+    sizes = tensor_bytes(events)
+    missing = [pid for pid in grads if not sizes.get(pid)]
+    if missing:
+        raise TimelineError(f"{len(missing)} gradient tensors have no dtype/shape on their ALLREDUCE end event")
+    xs: dict[int, list[float]] = defaultdict(list)
+    fractions = []
+    prev_end = max(v[skip_steps - 1]["red"][1] for v in grads.values()) if skip_steps else None
+    for k in range(skip_steps, steps):
+        first = min(v[k]["neg"][0] for v in grads.values())
+        last = max(v[k]["neg"][0] for v in grads.values())
+        if last > first:                     # one fused announce: no window to place tensors in
+            for pid, v in grads.items():
+                xs[pid].append((v[k]["neg"][0] - first) / (last - first))
+            if prev_end is not None and last > prev_end:
+                fractions.append((last - first) / (last - prev_end))
+        prev_end = max(v[k]["red"][1] for v in grads.values())
+    if not xs:
+        raise TimelineError("every step announced its gradients at one instant: no backward window")
+    total = sum(sizes[pid] for pid in grads)
+    at = sorted((statistics.median(xs[pid]), sizes[pid]) for pid in grads)
+    curve: list[list[float]] = []
+    done = 0
+    for x, n in at:
+        done += n
+        if curve and curve[-1][0] == x:
+            curve[-1][1] = done / total
+        else:
+            curve.append([x, done / total])
+    phases = step_breakdown(events, skip_steps)
+    return {"ready_curve": curve, "grad_bytes": total, "tensors": len(grads), "steps": steps - skip_steps,
+            "backward_fraction": statistics.median(fractions) if fractions else None,
+            "wait_other_s": phases["wait_other"], "exposed_comm_s": phases["exposed_comm"],
+            "backward_s": phases["backward"], "step_s": phases.get("step_s")}
+
+
+def ready_curve_file(path: str, skip_steps: int = 2) -> dict:
+    """ready_curve of a timeline file."""
+    return ready_curve(load_events(path), skip_steps)
