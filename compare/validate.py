@@ -268,6 +268,15 @@ def markdown(res: dict) -> str:
     return "\n".join(md)
 
 
+def report_markdown(path: str = DEFAULT_FILE) -> str:
+    """For compare/report.py: the K80 block with the file's globals, both cross-validations run
+    live (well under a second), labelled in-sample (fit) / out-of-sample (cross-validated)."""
+    doc = load(path)
+    if not doc.get("globals"):
+        raise ModelError(f"{path} has no fitted globals; run `compare validate --fit` first")
+    return markdown(evaluate(doc, doc["globals"]["values"], possible_schemes(doc)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="compare validate", description=__doc__, allow_abbrev=False)
     parser.add_argument("--file", default=DEFAULT_FILE, help="published points (JSON)")

@@ -192,6 +192,9 @@ def test_validate_writes_the_markdown_block(tmp_path: Path):
     assert validate.main(["--file", str(K80), "--cv", "model", "--markdown", str(out)]) == 0
     md = out.read_text()
     assert "in-sample (fit)" in md and "out-of-sample (cross-validated, leave one model out) | 50 | 2.15 | 6.82 |" in md
+    full = validate.report_markdown(str(K80))      # what the report shows: both schemes
+    assert "| in-sample (fit): globals fitted on all points | 50 | 1.87 | 5.52 | not a validation |" in full
+    assert "out-of-sample (cross-validated, leave one configuration out (single-server / distributed)) | 50 | 3.64 | 12.95 |" in full
 
 
 def test_validate_fit_writes_globals_and_bad_file_writes_nothing(tmp_path: Path, capsys):

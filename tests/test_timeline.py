@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from compare.timeline import TimelineError, breakdown, ready_curve, step_breakdown
+from compare.timeline import TimelineError, breakdown, load_events, ready_curve, step_breakdown
 from tests.conftest import BIN, run
 
 
@@ -135,3 +135,9 @@ def test_real_two_rank_timeline_tiles_its_steps(tmp_path):
     assert b["tensors_per_step"] == 35 and b["steps"] == 8 - 2
     assert all(b[k] >= 0 for k in ("before_comm", "backward", "wait_other", "exposed_comm", "allreduce_busy"))
     assert 1 <= b["messages"] <= 35
+    # the ready curve's bytes (dtype/shape on the ALLREDUCE end events) are the record's gradient bytes
+    r = ready_curve(load_events(str(timeline)))
+    rec = json.loads((tmp_path / "t" / "runs.jsonl").read_text().splitlines()[-1])
+    assert r["grad_bytes"] == rec["gradient_bytes"] and r["tensors"] == 35
+    assert r["ready_curve"][-1][1] == 1.0 and all(0 <= x <= 1 for x, _ in r["ready_curve"])
+    assert 0 < r["backward_fraction"] <= 1
