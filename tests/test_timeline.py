@@ -113,6 +113,7 @@ def test_ready_curve_of_a_hand_made_timeline(tmp_path):
     from compare import calibrate
     # p = 2 predicted: 0.1 + straggler 0.009 + overhead 0.0998 + exposed 0.0012 (12 ms allreduce, 37.5 ms window)
     assert calibrate.predict(prof, "gap-s32-b64", 2)["step_s"] == pytest.approx(0.21)
+    assert w["check_p2"]["model_step_s"] == pytest.approx(0.21) and w["check_p2"]["measured_step_s"] == pytest.approx(0.2)
     # a timeline of another model (bytes match no workload): one line, exit 2, nothing written
     (study / "profile.json").unlink()
     other = [dict(e, args={"dtype": "float64", "shape": e["args"]["shape"]}) if e.get("args", {}).get("dtype") else e for e in events]
