@@ -116,6 +116,9 @@ RUN_FIELDS = ("study", "results_dir", "modes", "workers", "repeats", "heads", "i
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["validate"], ["calibrate"]):  # issue 12: published-data validation, profile calibration
+        from compare import calibrate, validate
+        return {"validate": validate, "calibrate": calibrate}[argv[0]].main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     command = "python -m compare " + shlex.join(argv)

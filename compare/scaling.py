@@ -14,6 +14,7 @@ side-by-side contention factor kappa(p) of p independent 1-core runs.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -381,3 +382,420 @@ def emulated_band(inputs: dict, n: float, batch: int, mode: str, gpus=PROJECTION
         for v in (lo, hi):
             curves.append(emulated_speedups({**inputs, name: inputs.get(name, 1.0) * v}, n, batch, mode, gpus))
     return [min(c[i] for c in curves) for i in range(len(gpus))], [max(c[i] for c in curves) for i in range(len(gpus))]
+
+
+# ================================================================== issue 12: measured terms
+# Pure functions, each with a hand-computed test in tests/test_scaling.py. They sit beside the
+# older what-if model above (whose names and signatures stay as they are) and are combined by
+# `step_terms` / `cluster_terms` below, by compare/validate.py (published K80 set) and by
+# `seed_table` / `projection_band` (tsubame2.5, issue 12 items 4 and 5).
+
+
+def exposed_comm(t_comm: float, t_backward: float, ready_curve: list[tuple[float, float]]) -> float:
+    """Communication left after backward ends, given when each gradient byte becomes ready.
+
+    ready_curve: cumulative (fraction of backward elapsed, fraction of gradient bytes ready) points.
+    The link sends bytes in the order they become ready at n/t_comm; a bucket cannot start before it
+    is ready (at x * t_backward). What is still being sent when backward ends is exposed.
+    """
+    if t_comm <= 0:
+        return 0.0
+    if not ready_curve:
+        return t_comm
+    pts = sorted((float(x), float(y)) for x, y in ready_curve)
+    total = max(y for _, y in pts)
+    if total <= 0:
+        raise ModelError("ready curve has no bytes")
+    link_free, done = 0.0, 0.0
+    for x, y in pts:
+        share = max(y / total - done, 0.0)
+        if share <= 0:
+            continue
+        link_free = max(link_free, min(max(x, 0.0), 1.0) * t_backward) + share * t_comm
+        done += share
+    return max(link_free - t_backward, 0.0)
+
+
+def fused_messages(grad_bytes: float, fusion_threshold: float) -> int:
+    """Horovod packs ready tensors into fusion buffers of at most `fusion_threshold` bytes (default
+    64 MiB): at least ceil(n / threshold) messages a step; threshold 0 = one message per tensor is
+    not modelled here (pass the tensor count to fused_latency instead)."""
+    if fusion_threshold <= 0:
+        raise ModelError("fusion threshold must be > 0")
+    return max(1, math.ceil(grad_bytes / fusion_threshold))
+
+
+def fused_latency(messages: int, p: int, per_node: int, alpha_intra: float, alpha_inter: float,
+                  cycle_time: float = 0.0) -> float:
+    """Latency part of a step's allreduces: each fused message pays the hierarchical ring's 2(q-1)
+    alphas (within the node and across nodes), and the last message waits on average half a
+    Horovod cycle (HOROVOD_CYCLE_TIME) before it is negotiated."""
+    _check_p(p)
+    if p == 1:
+        return 0.0
+    local, nodes = min(p, per_node), math.ceil(p / per_node)
+    per_msg = 2 * (local - 1) * alpha_intra + 2 * (nodes - 1) * alpha_inter
+    return messages * per_msg + 0.5 * cycle_time
+
+
+def allreduce_bw_time(n: float, p: int, per_node: int, bw_intra: float, bw_node: float) -> float:
+    """Bandwidth part of the hierarchical allreduce (allreduce_time without alphas)."""
+    return allreduce_time(n, p, per_node, 0.0, bw_intra, 0.0, bw_node)
+
+
+def expected_max(samples: list[float], p: int) -> float:
+    """E[max of p independent draws] from the empirical distribution of `samples`:
+    sum_i x_(i) * ((i/m)^p - ((i-1)/m)^p) over the sorted samples (F(x)^p is the CDF of the max)."""
+    _check_p(p)
+    xs = sorted(float(x) for x in samples)
+    if not xs:
+        raise ModelError("need at least one step-time sample")
+    m = len(xs)
+    return sum(x * ((i / m) ** p - ((i - 1) / m) ** p) for i, x in enumerate(xs, start=1))
+
+
+def straggler_time(samples: list[float], p: int) -> float:
+    """What a synchronous step loses to its slowest worker: E[max of p] - mean (0 at p = 1)."""
+    return expected_max(samples, p) - sum(samples) / len(samples)
+
+
+@functools.lru_cache(maxsize=None)
+def normal_max_factor(p: int) -> float:
+    """E[max of p standard normal draws] (0 for p = 1): the straggler term when only a coefficient of
+    variation is known (published sets); Simpson's rule on p x phi(x) Phi(x)^(p-1)."""
+    _check_p(p)
+    if p == 1:
+        return 0.0
+    lo, hi, n = -9.0, 9.0, 3600
+    h, s = (hi - lo) / n, 0.0
+    for i in range(n + 1):
+        x = lo + i * h
+        f = x * p * (0.5 * (1 + math.erf(x / math.sqrt(2)))) ** (p - 1) * math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        s += f * (1 if i in (0, n) else 4 if i % 2 else 2)
+    return s * h / 3
+
+
+def effective_bandwidth(link_Bps: float, cpu_Bps: float | None = None) -> float:
+    """What the allreduce gets: the link, unless the CPU that moves the bytes (host staging, a
+    pinned rank computing at the same time) is slower."""
+    return min(link_Bps, cpu_Bps) if cpu_Bps else link_Bps
+
+
+# ------------------------------------------------------------------ parameter servers (issue 12)
+def ps_async_rate(p: int, t_compute: float, n: float, shards: int, bw_ps: float, bw_worker: float,
+                  service_s: float = 0.0, chief_rate: float = math.inf) -> float:
+    """Updates per second of p async workers with S full-duplex PS shards.
+
+    worker: t_compute + n / bw_worker (push n and pull n at once on a full-duplex link);
+    shards: each update moves n/S in and n/S out of every shard at once and costs service_s/S of
+    its CPU, so all shards together take S / max(n / bw_ps, service_s) updates a second;
+    chief: it dispatches every step, at most chief_rate a second.
+    """
+    _check_p(p)
+    if shards < 1:
+        raise ModelError(f"PS shards must be >= 1, got {shards}")
+    workers = p / (t_compute + n / bw_worker)
+    per_update = max(n / bw_ps, service_s)
+    ps = shards / per_update if per_update > 0 else math.inf
+    return min(workers, ps, chief_rate)
+
+
+def sync_ps_nic_bytes(n: float, nodes: int, shards: int) -> float:
+    """Bytes each way through the busiest NIC in one synchronous PS step (tf_cnn_benchmarks
+    distributed_replicated: every node a worker, `shards` of the nodes also PS, full duplex).
+
+    A shard host takes n/S from each of the N-1 other workers and sends them n/S back, and its own
+    worker pushes/pulls (S-1)/S n to/from the other shards: (N+S-2)/S * n each way (S = N: the ring's
+    2(N-1)/N n). One node: nothing crosses a NIC.
+    """
+    if nodes < 1 or shards < 1:
+        raise ModelError("nodes and shards must be >= 1")
+    if nodes == 1:
+        return 0.0
+    shards = min(shards, nodes)
+    return max((nodes + shards - 2) / shards * n, n)
+
+
+def async_allreduce_rate(p: int, batch: int, t_compute: float, t_allreduce: float,
+                         max_accumulate: int = 1) -> tuple[float, float, float]:
+    """The seed's own arm (SPRINT: MPI all-reduce run asynchronously, sub-batches accumulate while an
+    all-reduce is in flight). Returns (images/s, updates/s, images per update).
+
+    Compute never waits while the all-reduce keeps up, i.e. while one all-reduce takes at most
+    max_accumulate sub-batches; beyond that a worker stalls and the all-reduce period sets the pace.
+    """
+    _check_p(p)
+    if max_accumulate < 1:
+        raise ModelError("max_accumulate must be >= 1")
+    if p == 1 or t_allreduce <= 0:
+        return p * batch / t_compute, 1.0 / t_compute, float(p * batch)
+    period = max(t_allreduce, t_compute)  # an update needs at least one fresh sub-batch
+    per_step = max(t_compute, t_allreduce / max_accumulate)
+    ips = p * batch / per_step
+    return ips, 1.0 / period, ips * period
+
+
+# ------------------------------------------------------------------ one synchronous step, term by term
+@dataclass(frozen=True)
+class StepTerms:
+    """Seconds of one synchronous step by term (step_s = compute + straggler + overhead + exposed)."""
+    compute_s: float
+    straggler_s: float
+    overhead_s: float
+    comm_s: float          # bandwidth part + fused-message latency, if nothing were hidden
+    exposed_s: float       # what of comm_s backward could not hide
+    step_s: float
+
+    @property
+    def efficiency(self) -> float:
+        return self.compute_s / self.step_s
+
+
+def step_terms(t_compute: float, p: int, *, comm_s: float, backward_fraction: float = BACKWARD_FRACTION,
+               ready_curve: list[tuple[float, float]] | None = None, hidden_fraction: float | None = None,
+               overhead_s: float = 0.0, straggler_s: float = 0.0) -> StepTerms:
+    """Combine the terms: exposed comm from the gradient-ready curve when one is given, else a hidden
+    fraction (fitted on a published set), else nothing hidden. The fixed overhead (measured at p = 2)
+    and the straggler term apply from p = 2 on."""
+    _check_p(p)
+    if p == 1:
+        return StepTerms(t_compute, 0.0, 0.0, 0.0, 0.0, t_compute)
+    if ready_curve:
+        exposed = exposed_comm(comm_s, backward_fraction * t_compute, ready_curve)
+    elif hidden_fraction is not None:
+        exposed = (1.0 - hidden_fraction) * comm_s
+    else:
+        exposed = comm_s
+    step = t_compute + straggler_s + overhead_s + exposed
+    return StepTerms(t_compute, straggler_s, overhead_s, comm_s, exposed, step)
+
+
+# ------------------------------------------------------------------ published sets (compare validate)
+VALIDATION_GLOBALS = ("overhead_s", "hidden_fraction", "step_cv")
+
+
+def published_components(point: dict, base_ips: float, params: float, bw_node: float) -> tuple[float, float, float]:
+    """(t_compute, NIC seconds, E[max of p standard normals]) of one published point: what the
+    globals multiply. compare/validate.py's vectorised fit uses these; published_efficiency combines them."""
+    p, b = int(point["gpus"]), int(point["batch_per_gpu"])
+    t_c = b / base_ips
+    nodes = math.ceil(p / int(point["gpus_per_node"]))
+    shards = int(point.get("ps_shards") or nodes)
+    comm = sync_ps_nic_bytes(4.0 * params, nodes, shards) / bw_node if nodes > 1 else 0.0
+    return t_c, comm, normal_max_factor(p)
+
+
+def published_efficiency(point: dict, base_ips: float, params: float, bw_node: float, g: dict) -> float:
+    """Predicted efficiency of one published point (tf_cnn_benchmarks, synchronous): compute from the
+    table's own 1-GPU rate; the busiest NIC's PS bytes (sync_ps_nic_bytes) at the network's rate,
+    of which g["hidden_fraction"] is hidden; g["overhead_s"] a step from 2 GPUs on; a straggler term
+    g["step_cv"] x t_compute x E[max of p standard normals]."""
+    t_c, comm, nmf = published_components(point, base_ips, params, bw_node)
+    terms = step_terms(t_c, int(point["gpus"]), comm_s=comm, hidden_fraction=g["hidden_fraction"],
+                       overhead_s=g["overhead_s"], straggler_s=g["step_cv"] * t_c * nmf)
+    return terms.efficiency
+
+
+# ------------------------------------------------------------------ tsubame2.5 from sources (issue 12, items 4-5)
+ARMS = ("sync_allreduce", "async_allreduce", "sync_ps", "async_ps")
+
+
+def vgg_a_macs(image: int = 224, classes: int = 1000) -> float:
+    """Multiply-accumulates per image of VGG-A's forward pass (Simonyan & Zisserman 2014, Table 1,
+    configuration A: conv3 64, M, 128, M, 256 x2, M, 512 x2, M, 512 x2, M, FC 4096, 4096, classes)."""
+    cfg = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+    side, c_in, macs = image, 3, 0.0
+    for v in cfg:
+        if v == "M":
+            side //= 2
+            continue
+        macs += side * side * c_in * v * 9
+        c_in = v
+    dims = [side * side * c_in, 4096, 4096, classes]
+    return macs + sum(a * b for a, b in zip(dims, dims[1:]))
+
+
+def measured_terms(name: str = "tsubame2.5", data: dict | None = None) -> dict:
+    d = (data or load_profile_data()).get("measured_terms", {})
+    if name not in d:
+        raise ModelError(f"profiles.json has no measured_terms for {name!r}")
+    return d[name]
+
+
+def input_values(terms: dict, **override: float) -> dict[str, float]:
+    """{input: value} from a measured_terms block, with overrides (the band varies one at a time)."""
+    v = {k: spec["value"] for k, spec in terms["inputs"].items()}
+    for k, x in override.items():
+        if k not in v:
+            raise ModelError(f"unknown input {k!r}")
+        v[k] = x
+    return v
+
+
+def k20x_gflops(terms: dict, v: dict[str, float]) -> float:
+    """K20X training GFLOP/s from the Kepler anchor (same GK110 SMX, cuDNN R2): the anchor's
+    achieved rate scaled by cores x clock, times the ECC factor."""
+    a = terms["kepler_anchor"]
+    achieved = a["batch"] * 6.0 * vgg_a_macs() / 1e9 / a["step_s"]
+    scale = (a["k20x_cores"] * a["k20x_clock_ghz"]) / (a["titan_black_cores"] * v["titan_black_clock_ghz"])
+    return achieved * scale * v["ecc_factor"]
+
+
+def compute_s(terms: dict, v: dict[str, float], head: str, batch: int, paper: dict) -> float:
+    """One GPU's step time at `batch`: from the Kepler anchor (tsubame2.5) or a measured step of the
+    device itself scaled linearly with batch (h200), times compute_scale when given."""
+    if "kepler_anchor" in terms:
+        return batch * paper[head]["train_gflop_per_img"] / k20x_gflops(terms, v)
+    a = terms["compute_anchor"]
+    return a[head]["step_s"] * batch / a["batch"] * v.get("compute_scale", 1.0)
+
+
+def project(head: str, batch: int, arm: str, p: int, shards: int = 1, name: str = "tsubame2.5",
+            data: dict | None = None, values: dict[str, float] | None = None) -> dict:
+    """Images/s and speedup over one GPU of one arm at p GPUs, with its terms and what bounds it.
+
+    arms: sync_allreduce (Horovod ring, exposed comm from the ready curve, fused latency),
+    async_allreduce (the seed's SPRINT scheme), sync_ps (tf_cnn_benchmarks distributed_replicated,
+    S shards on the nodes, K80-fitted hidden share), async_ps (S full-duplex shards, PS service time,
+    chief cap). bound: compute | interconnect | ps | chief.
+    """
+    _check_p(p)
+    if arm not in ARMS:
+        raise ModelError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+    data = data or load_profile_data()
+    terms = measured_terms(name, data)
+    v = values or input_values(terms)
+    prof, paper = data[name], data["paper_workload"]
+    if head not in paper:
+        raise ModelError(f"unknown head {head!r}")
+    per_node = prof["devices_per_node"]
+    t_c = compute_s(terms, v, head, batch, paper)
+    n = 4.0 * paper[head]["params"]      # fp32 gradients (bf16 autocast keeps fp32 gradients)
+    bw_node = effective_bandwidth(v["bw_node_Bps"], v.get("cpu_Bps"))
+    bw_intra = effective_bandwidth(v["bw_intra_Bps"], v.get("cpu_Bps"))
+    bw_ps = effective_bandwidth(v.get("ps_bw_Bps", v["bw_node_Bps"]), v.get("cpu_Bps"))
+    one = batch / t_c
+    nodes = math.ceil(p / per_node)
+    out = {"head": head, "batch": batch, "arm": arm, "p": p, "shards": shards if arm.endswith("ps") else None,
+           "t_compute_s": t_c, "one_gpu_ips": one}
+    if arm in ("sync_allreduce", "async_allreduce"):
+        msgs = fused_messages(n, v["fusion_threshold_B"])
+        t_ar = allreduce_bw_time(n, p, per_node, bw_intra, bw_node) + fused_latency(
+            msgs, p, per_node, v["alpha_intra_s"], v["alpha_inter_s"], v["cycle_time_s"])
+        if arm == "sync_allreduce":
+            curve = terms["ready_curves"][head]["ready_curve"]
+            st = step_terms(t_c, p, comm_s=t_ar, backward_fraction=v["backward_fraction"], ready_curve=curve,
+                            overhead_s=v["overhead_s"], straggler_s=v["step_cv"] * t_c * normal_max_factor(p))
+            ips = p * batch / st.step_s
+            bound = "interconnect" if st.exposed_s > 0.1 * st.step_s else "compute"
+            out.update(comm_s=t_ar, exposed_s=st.exposed_s, step_s=st.step_s)
+        else:
+            ips, upd, per_update = async_allreduce_rate(p, batch, t_c, t_ar, int(v["max_accumulate"]))
+            bound = "interconnect" if t_ar / int(v["max_accumulate"]) > t_c else "compute"
+            out.update(comm_s=t_ar, updates_per_s=upd, images_per_update=per_update)
+    elif arm == "sync_ps":
+        comm = sync_ps_nic_bytes(n, nodes, shards) / bw_node if nodes > 1 else 0.0
+        if nodes == 1 and p > 1:  # one node: the PS lives on the host; each GPU pushes and pulls n over PCIe
+            comm = 2 * n / bw_intra
+        st = step_terms(t_c, p, comm_s=comm, hidden_fraction=v["hidden_fraction"], overhead_s=v["overhead_s"],
+                        straggler_s=v["step_cv"] * t_c * normal_max_factor(p))
+        ips = p * batch / st.step_s
+        bound = "interconnect" if st.exposed_s > 0.1 * st.step_s else "compute"
+        out.update(comm_s=comm, exposed_s=st.exposed_s, step_s=st.step_s)
+    else:
+        # a worker's push n and pull n share its node's NIC with the node's other GPUs (full duplex)
+        bw_worker = bw_node / min(p, per_node)
+        rate = ps_async_rate(p, t_c, n, shards, bw_ps, bw_worker, v["ps_service_s_per_B"] * n, v["chief_rate"])
+        ips = rate * batch
+        worker_cap = p / (t_c + n / bw_worker)
+        ps_cap = shards / max(n / bw_ps, v["ps_service_s_per_B"] * n)
+        if rate >= worker_cap - 1e-12:
+            bound = "interconnect" if n / bw_worker > 0.1 * t_c else "compute"
+        elif rate >= ps_cap - 1e-12:
+            bound = "ps"
+        else:
+            bound = "chief"
+        out.update(comm_s=n / bw_worker, updates_per_s=rate)
+    out.update(images_per_sec=ips, speedup=ips / one, bound=bound)
+    return out
+
+
+def seed_table(data: dict | None = None, p: int = 48, target: float = 30.0, heads: tuple[str, ...] = ("gap", "fc4096"),
+               batches: tuple[int, ...] = (4, 8, 16, 32, 64), ps_shards: tuple[int, ...] = (1, 4, 16)) -> tuple[list[dict], str]:
+    """What the seed's '>30x at 48 GPUs' implies: for each (head, batch per GPU, arm, PS shards) the
+    tsubame2.5 speedup at p GPUs, whether it reaches `target`, and what bounds it. Rows + markdown."""
+    data = data or load_profile_data()
+    rows = []
+    for head in heads:
+        for b in batches:
+            for arm in ARMS:
+                for s in (ps_shards if arm.endswith("ps") else (1,)):
+                    r = project(head, b, arm, p, shards=s, data=data)
+                    r["reaches_target"] = r["speedup"] >= target
+                    rows.append(r)
+    lines = [f"| head | batch/GPU | arm | PS shards | speedup at {p} | >= {target:g}x | bound |",
+             "|---|---:|---|---:|---:|:---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['head']} | {r['batch']} | {r['arm']} | {r['shards'] or '-'} | {r['speedup']:.1f}x | "
+                     f"{'yes' if r['reaches_target'] else 'no'} | {r['bound']} |")
+    lines.append("")
+    for key in dict.fromkeys((r["head"], r["arm"], r["shards"]) for r in rows):
+        rs = [r for r in rows if (r["head"], r["arm"], r["shards"]) == key]
+        ok = [r["batch"] for r in rs if r["reaches_target"]]
+        net = [r["batch"] for r in rs if r["bound"] != "compute"]
+        lines.append(f"- {key[0]}, {key[1]}" + (f", {key[2]} PS shards" if key[2] else "") + ": "
+                     + (f">= {target:g}x from batch {min(ok)} per GPU" if ok else f"never >= {target:g}x")
+                     + (f"; interconnect/PS-bound at batch {', '.join(map(str, net))}" if net else "; compute-bound"))
+    return rows, "\n".join(lines)
+
+
+def inputs_markdown(name: str = "tsubame2.5", data: dict | None = None) -> str:
+    """Every input of the projection with its value and its source or 'assumption', and the range the
+    band varies it over: to print under the projection and seed tables."""
+    terms = measured_terms(name, data)
+    lines = ["| input | value | band range | source |", "|---|---:|---|---|"]
+    for k, spec in terms["inputs"].items():
+        lo, hi = spec["range"]
+        lines.append(f"| {k} | {spec['value']:g} | {lo:g} - {hi:g} | {spec['source']} |")
+    for block in ("kepler_anchor", "compute_anchor", "ready_curves"):
+        if block in terms:
+            lines.append(f"\n{block}: {terms[block]['source']}")
+    if name == "tsubame2.5":
+        lines.append("\nThe seed's own system (SPRINT, Denso IT Lab + Tokyo Tech) is described in issue 12 as summing "
+                     "gradients with MPI all-reduce asynchronously (sub-batches accumulate while an all-reduce runs), "
+                     "not through a parameter server; modelled as the async_allreduce arm. Not checked against a "
+                     "primary source here.")
+    return "\n".join(lines)
+
+
+def projection_rows(name: str, head: str, batch: int, arm: str, shards: int = 1,
+                    gpus: tuple[int, ...] = PROJECTION_GPUS, data: dict | None = None) -> list[dict]:
+    """Speedup with its band at each GPU count (for the report's projection table and figure)."""
+    data = data or load_profile_data()
+    out = []
+    for p in gpus:
+        b = projection_band(head, batch, arm, p, shards, name, data)
+        out.append({"profile": name, "head": head, "batch": batch, "arm": arm, "shards": shards, "p": p,
+                    "speedup": b["value"], "low": b["low"], "high": b["high"], "most": b["most"]})
+    return out
+
+
+def projection_band(head: str, batch: int, arm: str, p: int = 48, shards: int = 1, name: str = "tsubame2.5",
+                    data: dict | None = None) -> dict:
+    """Speedup at p with a band: each assumed input varied alone over its stated range (endpoints and
+    midpoint), the others at their values. Returns value, low, high, per-input (low, high) and the
+    input that moves the figure most (None when none moves it)."""
+    data = data or load_profile_data()
+    terms = measured_terms(name, data)
+    base = project(head, batch, arm, p, shards, name, data)["speedup"]
+    by_input = {}
+    for k, spec in terms["inputs"].items():
+        lo, hi = spec["range"]
+        got = [project(head, batch, arm, p, shards, name, data, input_values(terms, **{k: x}))["speedup"]
+               for x in (lo, (lo + hi) / 2, hi)]
+        by_input[k] = (min(got + [base]), max(got + [base]))
+    most = max(by_input, key=lambda k: by_input[k][1] - by_input[k][0])
+    if by_input[most][1] - by_input[most][0] <= 1e-9 * max(abs(base), 1.0):
+        most = None                       # no input moves it (e.g. compute-bound async all-reduce)
+    return {"value": base, "low": min(lo for lo, _ in by_input.values()),
+            "high": max(hi for _, hi in by_input.values()), "by_input": by_input, "most": most}
