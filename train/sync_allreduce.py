@@ -13,7 +13,7 @@ import tensorflow as tf
 import horovod.tensorflow.keras as hvd  # Horovod:
 from horovod.tensorflow import allgather_object, broadcast_object  # Horovod:
 
-from train import checkpoint, data, measure, record
+from train import checkpoint, compression, data, measure, record
 from train.config import parse_config
 from train.model import cnn11
 
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     model = cnn11((cfg.image_size, cfg.image_size, 3), spec.num_classes, cfg.head, cfg.width)
     lr = cfg.lr * num_workers  # Horovod: linear learning-rate scaling with the worker count
     optimizer = tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=cfg.momentum)
-    compression = hvd.Compression.fp16 if cfg.compression == "fp16" else hvd.Compression.none  # Horovod:
-    optimizer = hvd.DistributedOptimizer(optimizer, compression=compression)  # Horovod: ring-allreduce
+    optimizer, wire = compression.distributed_optimizer(  # Horovod: allreduce (or compressed exchange)
+        optimizer, cfg.compression, model.trainable_variables, steps_per_epoch)  # Horovod: bytes counted
     model.compile(optimizer=optimizer,
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
             initial_lr=lr, warmup_epochs=cfg.lr_warmup_epochs, steps_per_epoch=steps_per_epoch))
     callbacks.append(meter)
+    callbacks.append(wire)  # Horovod: bytes handed to Horovod, compress time
     if cfg.checkpoint_dir:
         callbacks.append(checkpoint.EpochCheckpoint(cfg.checkpoint_dir, state,
                                                     checkpoint.model_meta(cfg, spec.num_classes), is_writer))
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.update({"num_ps": 0, "hosts": sorted(set(hosts)), "weights_sha256": digests,
                 "resumed_from_epoch": initial_epoch or None, "engine": "horovod",
                 "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo"})
+    rec.update(wire.record_fields())  # Horovod: bytes_sent/received_per_step, compression_ratio, compress time
     record.append_record(cfg.runs_path, rec)
     print(f"record {run_id} -> {cfg.runs_path}: {rec['images_per_sec'] or 0:.1f} images/sec, {num_workers} workers")
     return 0
