@@ -92,6 +92,7 @@ class WireMeter(tf.keras.callbacks.Callback):
                 "density": self.spec.density if self.spec.method == "topk" else None,
                 "density_warmup_epochs": self.spec.warmup_epochs if self.spec.method == "topk" else None,
                 "uncompressed_bytes_per_step": self.uncompressed_bytes, "steps_counted": self.steps,
+                # Wall time inside the collectives, including waiting for the slower rank to reach them.
                 "exchange_time_s_per_step": float(self.exchange_s.numpy()) / steps if exchange_timed else None,
                 "compress_time_how": {
                     "none": "no compression op (0)",
