@@ -22,6 +22,8 @@ CASES = [
      "imagenet2012 needs --manual-dir"),
     ("sync-imagenet-empty-manual-dir", [PY, "-m", "train.sync_allreduce", "--dataset", "imagenet2012",
                                         "--manual-dir", "{R}/../"], {}, "has no ILSVRC2012_img_train.tar"),
+    ("sync-bad-compression-rank", [PY, "-m", "train.sync_allreduce", "--compression", "powersgd:0"], {},
+     "powersgd:R needs an integer rank"),
     ("sync-missing-folder", [PY, "-m", "train.sync_allreduce", "--dataset", "folder:/no/such/dir"], {},
      "dataset folder not found"),
     ("sync-results-under-a-file", [PY, "-m", "train.sync_allreduce", "--results-dir", "{F}/sub"], {},

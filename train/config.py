@@ -12,7 +12,7 @@ from train import record
 from train.model import HEADS, MIN_IMAGE_SIZE
 
 DATASETS = ("synthetic", "digits", "imagenet2012")  # plus folder:PATH
-COMPRESSIONS = ("none", "fp16")
+COMPRESSIONS = ("none", "fp16", "powersgd:R", "topk:F", "sign")  # the sync arm's; train/compression.py
 PRECISIONS = ("fp32", "mixed_fp16", "mixed_bf16")
 CLI_ROLES = tuple(r for r in record.ROLES if r != "bench")  # a bench is not a training run
 
@@ -43,7 +43,8 @@ class RunConfig:
     lr: float = _opt("base learning rate per worker (sync scales it by the worker count)", 0.05)
     momentum: float = _opt("SGD momentum", 0.9)
     lr_warmup_epochs: float = _opt("epochs of linear learning-rate warm-up", 0.0, ("sync",))
-    compression: str = _opt("gradient compression on the wire: none | fp16", "none")
+    compression: str = _opt("gradient compression on the wire: none | fp16 | powersgd:R (rank R) | "
+                            "topk:F[:W] (fraction F, W warm-up epochs, default 4) | sign", "none")
     precision: str = _opt("fp32 | mixed_fp16 | mixed_bf16 (mixed precision is for GPUs)", "fp32")
     seed: int = _opt("random seed", 0)
     intra_op_threads: int = _opt("TensorFlow intra-op threads per process (0: TensorFlow's default)", 0)
@@ -76,8 +77,7 @@ class RunConfig:
                     raise ConfigError(f"manual dir {self.manual_dir} has no {tar}")
         if self.head not in HEADS:
             raise ConfigError(f"unknown head {self.head!r}; choose {', '.join(HEADS)}")
-        if self.compression not in COMPRESSIONS:
-            raise ConfigError(f"unknown compression {self.compression!r}; choose {', '.join(COMPRESSIONS)}")
+        parse_compression(self.compression)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
         if self.role not in CLI_ROLES:
@@ -103,6 +103,38 @@ class RunConfig:
         if self.checkpoint_dir:
             check_writable_dir(self.checkpoint_dir)
         return self
+
+
+@dataclass(frozen=True)
+class CompressionSpec:
+    """A parsed --compression: method and its parameters (rank, density, density warm-up epochs)."""
+    method: str
+    rank: int = 0
+    density: float = 1.0
+    warmup_epochs: int = 0
+
+
+def parse_compression(text: str) -> CompressionSpec:
+    """none | fp16 | sign | powersgd:R | topk:F[:W]; ConfigError naming what is wrong."""
+    method, _, rest = text.partition(":")
+    parts = rest.split(":") if rest else []
+    if method in ("none", "fp16", "sign") and not parts:
+        return CompressionSpec(method)
+    if method == "powersgd" and len(parts) == 1:
+        if not parts[0].isdigit() or int(parts[0]) < 1:
+            raise ConfigError(f"bad compression {text!r}: powersgd:R needs an integer rank R >= 1")
+        return CompressionSpec(method, rank=int(parts[0]))
+    if method == "topk" and len(parts) in (1, 2):
+        try:
+            density = float(parts[0])
+        except ValueError:
+            density = float("nan")
+        if not 0 < density <= 1:
+            raise ConfigError(f"bad compression {text!r}: topk:F needs a fraction 0 < F <= 1")
+        if len(parts) == 2 and not parts[1].isdigit():
+            raise ConfigError(f"bad compression {text!r}: topk:F:W needs whole warm-up epochs W >= 0")
+        return CompressionSpec(method, density=density, warmup_epochs=int(parts[1]) if len(parts) == 2 else 4)
+    raise ConfigError(f"unknown compression {text!r}; choose {', '.join(COMPRESSIONS)}")
 
 
 def check_writable_dir(path: str) -> None:

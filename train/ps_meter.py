@@ -16,8 +16,9 @@ import tensorflow as tf
 
 from train import measure, record
 
-NO_COMPRESSION = ("ParameterServerStrategy has no gradient compression: workers push fp32 gradients "
-                  "to the PS by the variables' own apply ops (use --compression none)")
+NO_COMPRESSION = ("ParameterServerStrategy exposes no hook for it, so there is no gradient compression here: "
+                  "workers push fp32 gradients to the PS by the variables' own apply ops (use --compression "
+                  "none; compression is in the sync arm)")
 STALENESS_BINS = 1024  # exact counts 0..1022; the last bin holds everything >= 1023
 
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 import horovod.tensorflow.keras as hvd  # Horovod:
 from horovod.tensorflow import allgather_object, broadcast_object  # Horovod:
 
-from train import checkpoint, data, measure, record
+from train import checkpoint, compression, data, measure, record
 from train.config import parse_config
 from train.model import cnn11
 
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = cnn11((cfg.image_size, cfg.image_size, 3), spec.num_classes, cfg.head, cfg.width)
     lr = cfg.lr * num_workers  # Horovod: linear learning-rate scaling with the worker count
-    compression = hvd.Compression.fp16 if cfg.compression == "fp16" else hvd.Compression.none  # Horovod:
-    optimizer = hvd.DistributedOptimizer(measure.sgd(lr, cfg.momentum), compression=compression)  # Horovod:
+    optimizer, wire = compression.distributed_optimizer(  # Horovod: allreduce (or compressed exchange)
+        measure.sgd(lr, cfg.momentum), cfg.compression, model.trainable_variables, steps_per_epoch)
     measure.compile_model(model, optimizer)
 
     state = tf.train.Checkpoint(model=model, optimizer=optimizer)
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
             initial_lr=lr, warmup_epochs=cfg.lr_warmup_epochs, steps_per_epoch=steps_per_epoch))
     callbacks.append(meter)
+    callbacks.append(wire)  # Horovod: bytes handed to Horovod, compress time
     if cfg.checkpoint_dir:
         callbacks.append(checkpoint.EpochCheckpoint(cfg.checkpoint_dir, state,
                                                     checkpoint.model_meta(cfg, spec.num_classes),
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         steps=int(optimizer.iterations.numpy()), peak=peak,
         fields={"num_ps": 0, "hosts": sorted(set(hosts)), "rank_cpu_affinity": affinities,
                 "weights_sha256": digests, "resumed_from_epoch": initial_epoch or None, "engine": "horovod",
-                "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo"})  # Horovod:
+                "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo",  # Horovod:
+                **wire.record_fields()})  # Horovod: bytes sent/received per step, ratio, compress time
 
 
 if __name__ == "__main__":
