@@ -54,6 +54,9 @@ class RunConfig:
     run_id: str = _opt("run id (default: SLURM_JOB_ID or a timestamp)", "")
     tag: str = _opt("free-form label stored in the record", "")
     checkpoint_dir: str = _opt("save model+optimizer here every epoch; a rerun resumes from the newest", "")
+    # Async all-reduce (train/async_allreduce.py): a test/emulation knob, not a tuning option
+    comm_delay_ms: float = _opt("sleep this long in the communication thread before each all-reduce "
+                                "(emulates a slow interconnect)", 0.0, ("async_allreduce",))
 
     @property
     def runs_path(self) -> str:
@@ -89,6 +92,8 @@ class RunConfig:
         for name, value in nonnegative.items():
             if value < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {value}")
+        if self.comm_delay_ms < 0:
+            raise ConfigError(f"--comm-delay-ms must be >= 0, got {self.comm_delay_ms}")
         if self.image_size < 32:
             raise ConfigError(f"--image-size must be >= 32 (cnn11 pools 5 times by 2), got {self.image_size}")
         if not self.study or os.sep in self.study or self.study.startswith("."):
@@ -120,12 +125,23 @@ class _OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# The async all-reduce arm takes the sync arm's options except these (plus its own fields).
+ASYNC_ALLREDUCE_WITHOUT = ("lr_warmup_epochs", "checkpoint_dir")
+
+
+def _arms(f: dataclasses.Field) -> tuple[str, ...]:
+    arms = f.metadata["arms"]
+    if "sync" in arms and f.name not in ASYNC_ALLREDUCE_WITHOUT:
+        arms = (*arms, "async_allreduce")
+    return arms
+
+
 def build_parser(arm: str, prog: str | None = None) -> argparse.ArgumentParser:
-    """argparse from RunConfig's fields for one arm ('sync' or 'async'); defaults shown."""
+    """argparse from RunConfig's fields for one arm ('sync', 'async' or 'async_allreduce'); defaults shown."""
     parser = _OneLineParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                             allow_abbrev=False)
     for f in dataclasses.fields(RunConfig):
-        if arm not in f.metadata["arms"]:
+        if arm not in _arms(f):
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
