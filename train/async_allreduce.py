@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     cond = threading.Condition()  # Async: guards the accumulator: compute adds, the comm thread takes
     weights_lock = threading.Lock()  # Async: an update lands whole, never in the middle of a snapshot
     s = SimpleNamespace(count=0, versions=[], done=False, version=0, applied=0, sizes=[], staleness=[],
-                        allreduce_s=[], segments=[[]], measuring=True, error=None)  # Async: shared state
+                        allreduce_s=[], segments=[[]], measuring=False, error=None)  # Async: shared state
 
     def communicate() -> None:  # Async: the communication thread
         try:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                         s.version += 1
                     s.sizes.append(k)
                     s.applied += k
-                    if is_writer and s.measuring and not finished and s.version > cfg.warmup_steps:
+                    if is_writer and s.measuring and not finished:  # while every rank computes
                         s.segments[-1].append((time.perf_counter(), s.applied, s.version))
                 if finished == num_workers:  # every rank's last sub-batch is in: all ranks stop here
                     return
@@ -159,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             cond.notify()  # Async:
         losses.append(float(loss))
         hits.append(float(hit))
-        if step >= cfg.warmup_steps:
+        if step >= cfg.warmup_steps:  # warm-up: this rank's first sub-batches, for both rates
             compute_segments[-1].append((time.perf_counter(), step))
+            s.measuring = True
         epoch, end_of_epoch = divmod(step + 1, steps_per_epoch)
         if end_of_epoch == 0 and is_writer and epoch < cfg.epochs:  # the last point comes after the drain
             point = {"epoch": epoch, "wall_s": time.perf_counter() - t_start, "steps": s.version,
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 s.segments.append([])
                 s.measuring = True
             curve.append(point)
+            print(" ".join(f"{k}={v:.4g}" for k, v in point.items()), flush=True)
             losses, hits = [], []
     with cond:  # Async: this rank is done; the comm thread sends the rest and ends when all ranks are done
         s.done = True
