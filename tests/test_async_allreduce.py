@@ -32,7 +32,7 @@ def test_two_ranks_identical_weights_and_exact_counts(controller, results):
     assert proc.returncode == 0, proc.stderr[-3000:]
     [rec] = records(results)
     assert rec["status"] == "ok" and rec["mode"] == "async_allreduce" and rec["horovod_controller"] == controller
-    assert rec["num_workers"] == 2 and rec["lr_rule"].startswith("linear")
+    assert rec["num_workers"] == 2 and rec["lr_rule"].startswith("capped")
     # Both ranks hashed every weight (BN statistics averaged) after the last update: identical.
     assert len(rec["weights_sha256"]) == 2 and len(set(rec["weights_sha256"])) == 1
     # Exact counting: every sub-batch of both ranks (2 ranks x 2 epochs x 10) landed in exactly one update.
@@ -46,37 +46,39 @@ def test_two_ranks_identical_weights_and_exact_counts(controller, results):
     assert [p["epoch"] for p in rec["curve"]] == [1, 2] and rec["curve"][-1]["images"] == 40 * 16
 
 
-def _throughput_run(results: Path, delay_ms: float, i: int) -> dict:
-    study = f"s{i}"
-    args = ["--dataset", "synthetic", "--width", "0.25", "--per-worker-batch", "16", "--epochs", "1",
-            "--steps-per-epoch", "120", "--warmup-steps", "10", "--intra-op-threads", "1",
+def _throughput_args(results: Path, delay_ms: float, study: str) -> list[str]:
+    return ["--dataset", "synthetic", "--width", "0.25", "--per-worker-batch", "16", "--epochs", "1",
+            "--steps-per-epoch", "80", "--warmup-steps", "5", "--intra-op-threads", "1",
             "--comm-delay-ms", str(delay_ms), "--study", study, "--results-dir", str(results)]
-    proc = run(_cmd("gloo", args), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    [rec] = records(results, study)
-    return rec
 
 
 @pytest.mark.slow
 def test_slow_communication_keeps_images_per_sec_and_grows_the_effective_batch(results):
-    """The defining property: slow the all-reduce down and the compute rate does not notice; the updates
-    just carry more sub-batches. Alternate unslowed/slowed runs (A B A B) on this noisy shared machine and
-    compare the best of each kind (noise only ever slows a run down)."""
-    delay = 400.0  # ms: many compute steps (tens of ms each at width 0.25) pile up per all-reduce
-    runs = {0.0: [], delay: []}
-    for i, d in enumerate([0.0, delay, 0.0, delay]):
-        runs[d].append(_throughput_run(results, d, i))
-    fast = max(r["images_per_sec"] for r in runs[0.0])
-    slow = max(r["images_per_sec"] for r in runs[delay])
-    fast_batch = max(r["effective_batch"]["mean"] for r in runs[0.0])
-    slow_batch = min(r["effective_batch"]["mean"] for r in runs[delay])
-    detail = {d: [(round(r["images_per_sec"], 1), round(r["effective_batch"]["mean"], 2),
-                   round(r["compute_images_per_sec"], 1)) for r in rs] for d, rs in runs.items()}
-    assert slow >= 0.9 * fast, detail
-    assert slow_batch >= 2 * fast_batch and slow_batch >= 6, detail
-    for r in runs[delay]:  # staler, as the method trades: gradients wait out at least one slow all-reduce
-        assert r["staleness"]["mean"] >= 1 and r["comm_delay_ms"] == delay
-        assert r["updates_per_sec"] < 1000 / delay  # one update per delay at most
+    """The defining property: slow every all-reduce down and images/sec does not notice; the updates
+    just carry more sub-batches. This 2-core machine is shared and noisy, so each round runs the unslowed
+    and the slowed job side by side (both see the same load) and compares their rates; two rounds."""
+    delay = 1500.0  # ms: many compute steps (~0.1-0.4 s each here) pile up during one all-reduce
+    rounds = []
+    for i in range(2):
+        procs = {d: subprocess.Popen(_cmd("gloo", _throughput_args(results, d, f"r{i}d{int(d)}")), cwd=ROOT,
+                                     env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for d in (0.0, delay)}
+        recs = {}
+        for d, proc in procs.items():
+            _, err = proc.communicate(timeout=900)
+            assert proc.returncode == 0, err[-3000:]
+            [recs[d]] = records(results, f"r{i}d{int(d)}")
+        rounds.append(recs)
+    detail = [{d: (round(r["images_per_sec"], 1), round(r["compute_images_per_sec"], 1),
+                   round(r["effective_batch"]["mean"], 2), round(r["staleness"]["mean"], 2))
+               for d, r in recs.items()} for recs in rounds]
+    ratios = [recs[delay]["images_per_sec"] / recs[0.0]["images_per_sec"] for recs in rounds]
+    assert max(ratios) >= 0.9 and min(ratios) >= 0.8, (ratios, detail)
+    for recs in rounds:
+        fast, slow = recs[0.0], recs[delay]
+        assert slow["effective_batch"]["mean"] >= 2 * fast["effective_batch"]["mean"], detail
+        assert slow["staleness"]["mean"] >= 1 and slow["comm_delay_ms"] == delay, detail
+        assert slow["updates_per_sec"] < 1000 / delay < fast["updates_per_sec"], detail  # one update per delay at most
 
 
 @pytest.mark.slow

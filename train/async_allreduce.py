@@ -23,9 +23,12 @@ from train import data, measure, record
 from train.config import parse_config
 from train.model import cnn11
 
-# Async: an update summing k sub-batches (over all ranks) applies their mean gradient at base_lr * k, i.e.
-# the sync arm's linear scaling with the effective batch; k = number of workers is the sync arm's step.
-LR_RULE = "linear: lr = base_lr * k (k sub-batches in the update = effective_batch / per_worker_batch)"
+# Async: an update summing k sub-batches (over all ranks) applies their mean gradient at one of these rates;
+# k = number of workers is the sync arm's step under both. `linear` follows the effective batch all the way
+# (a large k, e.g. the first update or a slow link, is one big extrapolated step); `capped` stops at the sync
+# arm's step, so a larger effective batch averages more sub-batches instead of stepping further.
+LR_RULES = {"linear": "linear: lr = base_lr * k (k sub-batches in the update = effective_batch / per_worker_batch)",
+            "capped": "capped: lr = base_lr * min(k, workers) (k sub-batches in the update; the sync arm's step at most)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         m.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="top1"),
                            tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
-    lr = tf.Variable(cfg.lr, trainable=False, dtype=tf.float32)  # Async: set per update (LR_RULE)
+    lr = tf.Variable(cfg.lr, trainable=False, dtype=tf.float32)  # Async: set per update (LR_RULES)
     optimizer = tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=cfg.momentum)
     optimizer._create_all_weights(model.trainable_variables)  # slots made here, not inside the comm thread
     hvd.broadcast_variables(model.variables + worker.variables, root_rank=0)  # Async: same start everywhere
@@ -98,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     @tf.function
-    def apply(summed: list, k: tf.Tensor) -> None:  # Async: mean gradient of k sub-batches at base_lr * k
-        lr.assign(cfg.lr * k)
+    def apply(summed: list, k: tf.Tensor) -> None:  # Async: mean gradient of k sub-batches (LR_RULES)
+        lr.assign(cfg.lr * (k if cfg.lr_rule == "linear" else tf.minimum(k, float(num_workers))))
         optimizer.apply_gradients(zip([s / k for s in summed], model.trainable_variables))
 
     cond = threading.Condition()  # Async: guards the accumulator: compute adds, the comm thread takes
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.update({"num_ps": 0, "hosts": sorted(set(hosts)), "weights_sha256": digests,
                 "resumed_from_epoch": None, "engine": "horovod",
                 "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo",
-                "lr_rule": LR_RULE, "comm_delay_ms": cfg.comm_delay_ms, "updates": s.version,
+                "lr_rule": LR_RULES[cfg.lr_rule], "comm_delay_ms": cfg.comm_delay_ms, "updates": s.version,
                 "sub_batches": s.applied, "effective_batch": effective,
                 "effective_batch_images_mean": effective["mean"] * cfg.per_worker_batch if s.sizes else None,
                 "staleness": record.summarize([x for part in staleness for x in part]),

@@ -12,6 +12,7 @@ DATASETS = ("synthetic", "digits", "imagenet2012")  # plus folder:PATH
 HEADS = ("gap", "fc4096")
 COMPRESSIONS = ("none", "fp16")
 PRECISIONS = ("fp32", "mixed_fp16", "mixed_bf16")
+LR_RULES = ("linear", "capped")  # train/async_allreduce.py
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,8 @@ class RunConfig:
     # Async all-reduce (train/async_allreduce.py): a test/emulation knob, not a tuning option
     comm_delay_ms: float = _opt("sleep this long in the communication thread before each all-reduce "
                                 "(emulates a slow interconnect)", 0.0, ("async_allreduce",))
+    lr_rule: str = _opt("learning rate of an update summing k sub-batches: linear (lr*k) | capped "
+                        "(lr*min(k, workers): the sync arm's step, never more)", "capped", ("async_allreduce",))
 
     @property
     def runs_path(self) -> str:
@@ -92,6 +95,8 @@ class RunConfig:
         for name, value in nonnegative.items():
             if value < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {value}")
+        if self.lr_rule not in LR_RULES:
+            raise ConfigError(f"unknown lr rule {self.lr_rule!r}; choose {', '.join(LR_RULES)}")
         if self.comm_delay_ms < 0:
             raise ConfigError(f"--comm-delay-ms must be >= 0, got {self.comm_delay_ms}")
         if self.image_size < 32:
