@@ -32,7 +32,7 @@ def test_two_ranks_identical_weights_and_exact_counts(controller, results):
     assert proc.returncode == 0, proc.stderr[-3000:]
     [rec] = records(results)
     assert rec["status"] == "ok" and rec["mode"] == "async_allreduce" and rec["horovod_controller"] == controller
-    assert rec["num_workers"] == 2 and rec["lr_rule"].startswith("capped")
+    assert rec["num_workers"] == 2 and rec["lr_rule"].startswith("linear")
     # Both ranks hashed every weight (BN statistics averaged) after the last update: identical.
     assert len(rec["weights_sha256"]) == 2 and len(set(rec["weights_sha256"])) == 1
     # Exact counting: every sub-batch of both ranks (2 ranks x 2 epochs x 10) landed in exactly one update.
@@ -83,16 +83,20 @@ def test_slow_communication_keeps_images_per_sec_and_grows_the_effective_batch(r
 
 @pytest.mark.slow
 def test_digits_two_ranks_reach_90_percent(results):
-    """Real data, np=2, width 0.25: the sync arm's recipe (0.025 per 32-image sub-batch, linear scaling)."""
-    args = ["--dataset", "digits", "--width", "0.25", "--per-worker-batch", "32", "--epochs", "25",
-            "--lr", "0.025", "--intra-op-threads", "1", "--study", "t", "--results-dir", str(results)]
+    """Real data, np=2, width 0.25, the linear rule. Stale gradients (staleness ~1 here) with momentum 0.9
+    need a smaller step than the sync arm: its lr (0.025 per 32-image sub-batch, 0.05 per update of two)
+    stayed at chance, and so did 0.01 under the capped rule; 0.005 per sub-batch (~0.011 per update)
+    reached 97.8% at epoch 15 (this machine, 2026-11-28)."""
+    args = ["--dataset", "digits", "--width", "0.25", "--per-worker-batch", "32", "--epochs", "15",
+            "--lr", "0.005", "--intra-op-threads", "1", "--study", "t", "--results-dir", str(results)]
     proc = run(_cmd("gloo", args), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [rec] = records(results)
     curve = rec["curve"]
-    assert len(curve) == 25 and all("val_top1" in p for p in curve)
-    assert max(p["val_top1"] for p in curve) >= 0.90, [round(p["val_top1"], 3) for p in curve]
-    assert curve[-1]["val_top1"] >= 0.90 and rec["final"]["val_top1"] == curve[-1]["val_top1"]
+    assert len(curve) == 15 and all("val_top1" in p for p in curve)
+    assert [p["wall_s"] for p in curve] == sorted(p["wall_s"] for p in curve)
+    assert curve[-1]["val_top1"] >= 0.90, [round(p["val_top1"], 3) for p in curve]
+    assert rec["final"]["val_top1"] == curve[-1]["val_top1"]  # the final model (BN statistics averaged)
     assert len(set(rec["weights_sha256"])) == 1 and rec["staleness"]["n"] == rec["sub_batches"]
 
 

@@ -59,7 +59,7 @@ class RunConfig:
     comm_delay_ms: float = _opt("sleep this long in the communication thread before each all-reduce "
                                 "(emulates a slow interconnect)", 0.0, ("async_allreduce",))
     lr_rule: str = _opt("learning rate of an update summing k sub-batches: linear (lr*k) | capped "
-                        "(lr*min(k, workers): the sync arm's step, never more)", "capped", ("async_allreduce",))
+                        "(lr*min(k, workers): the sync arm's step, never more)", "linear", ("async_allreduce",))
 
     @property
     def runs_path(self) -> str:
