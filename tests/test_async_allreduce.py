@@ -12,7 +12,7 @@ from tests.conftest import BIN, ROOT, child_env, records, run
 
 MODULE = "train.async_allreduce"
 TINY = ["--dataset", "synthetic", "--width", "0.25", "--image-size", "32", "--per-worker-batch", "16",
-        "--epochs", "2", "--steps-per-epoch", "10", "--warmup-steps", "2", "--intra-op-threads", "1",
+        "--epochs", "2", "--steps-per-epoch", "15", "--warmup-steps", "2", "--intra-op-threads", "1",
         "--study", "t"]
 
 
@@ -35,15 +35,15 @@ def test_two_ranks_identical_weights_and_exact_counts(controller, results):
     assert rec["num_workers"] == 2 and rec["lr_rule"].startswith("linear")
     # Both ranks hashed every weight (BN statistics averaged) after the last update: identical.
     assert len(rec["weights_sha256"]) == 2 and len(set(rec["weights_sha256"])) == 1
-    # Exact counting: every sub-batch of both ranks (2 ranks x 2 epochs x 10) landed in exactly one update.
+    # Exact counting: every sub-batch of both ranks (2 ranks x 2 epochs x 15) landed in exactly one update.
     eff, stale = rec["effective_batch"], rec["staleness"]
-    assert rec["sub_batches"] == 40 == _histogram_total(eff["histogram"], weighted=True)
+    assert rec["sub_batches"] == 60 == _histogram_total(eff["histogram"], weighted=True)
     assert rec["updates"] == rec["steps"] == eff["n"] == _histogram_total(eff["histogram"])
-    assert stale["n"] == 40 == _histogram_total(stale["histogram"]) and min(map(int, stale["histogram"])) >= 0
-    assert eff["mean"] == pytest.approx(40 / rec["updates"])
+    assert stale["n"] == 60 == _histogram_total(stale["histogram"]) and min(map(int, stale["histogram"])) >= 0
+    assert eff["mean"] == pytest.approx(60 / rec["updates"])
     assert rec["effective_batch_images_mean"] == pytest.approx(eff["mean"] * 16)
     assert rec["images_per_sec"] > 0 and rec["updates_per_sec"] > 0 and rec["compute_images_per_sec"] > 0
-    assert [p["epoch"] for p in rec["curve"]] == [1, 2] and rec["curve"][-1]["images"] == 40 * 16
+    assert [p["epoch"] for p in rec["curve"]] == [1, 2] and rec["curve"][-1]["images"] == 60 * 16
 
 
 def _throughput_args(results: Path, delay_ms: float, study: str) -> list[str]:

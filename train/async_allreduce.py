@@ -70,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     lr = tf.Variable(cfg.lr, trainable=False, dtype=tf.float32)  # Async: set per update (LR_RULES)
     optimizer = tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=cfg.momentum)
     optimizer._create_all_weights(model.trainable_variables)  # slots made here, not inside the comm thread
-    hvd.broadcast_variables(model.variables + worker.variables, root_rank=0)  # Async: same start everywhere
     acc = [tf.Variable(tf.zeros_like(v), trainable=False) for v in model.trainable_variables]  # Async:
     compression = hvd.Compression.fp16 if cfg.compression == "fp16" else hvd.Compression.none  # Async:
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -143,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 cond.notify_all()
 
     peak = measure.peak_gflops(cfg)  # all ranks at once: each gets its fair share of the machine
+    # Async: same start everywhere; a collective, so every rank starts computing at the same moment
+    hvd.broadcast_variables(model.variables + worker.variables, root_rank=0)
     comm = threading.Thread(target=communicate, name="async-allreduce", daemon=True)  # Async:
     comm.start()  # Async:
     t_start = time.perf_counter()
