@@ -28,7 +28,7 @@ from train.model import cnn11
 # (a large k, e.g. the first update or a slow link, is one big extrapolated step); `capped` stops at the sync
 # arm's step, so a larger effective batch averages more sub-batches instead of stepping further.
 LR_RULES = {"linear": "linear: lr = base_lr * k (k sub-batches in the update = effective_batch / per_worker_batch)",
-            "capped": "capped: lr = base_lr * min(k, workers) (k sub-batches in the update; the sync arm's step at most)"}
+            "capped": "capped: lr = base_lr * min(k, workers) (k sub-batches in the update; at most the sync step)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     tf.keras.utils.set_random_seed(cfg.seed)
     try:
         if cfg.precision == "mixed_fp16":
-            raise ValueError("--precision mixed_fp16 needs loss scaling, which this trainer lacks; use fp32 or mixed_bf16")
+            raise ValueError("--precision mixed_fp16 needs loss scaling, which this trainer lacks; "
+                             "use fp32 or mixed_bf16")
         spec = data.describe(cfg)
     except (ValueError, OSError) as e:
         print(f"train.async_allreduce: error: {e}", file=sys.stderr)
@@ -74,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     compression = hvd.Compression.fp16 if cfg.compression == "fp16" else hvd.Compression.none  # Async:
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    @tf.function
+    @tf.function(autograph=False)  # Async: traced before the comm thread starts (below)
     def refresh() -> None:  # Async: the compute copy takes the current weights (caller holds weights_lock)
         for w, m in zip(worker.trainable_variables, model.trainable_variables):
             w.assign(m)
 
-    @tf.function
+    @tf.function(autograph=False)  # Async: traced before the comm thread starts (below)
     def compute(images: tf.Tensor, labels: tf.Tensor):
         with tf.GradientTape() as tape:
             logits = worker(images, training=True)
@@ -87,19 +88,19 @@ def main(argv: list[str] | None = None) -> int:
         hits = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32))
         return loss, hits, tape.gradient(loss, worker.trainable_variables)
 
-    @tf.function
+    @tf.function(autograph=False)  # Async: traced before the comm thread starts (below)
     def accumulate(grads: list) -> None:  # Async: caller holds `cond`
         for a, g in zip(acc, grads):
             a.assign_add(tf.cast(g, a.dtype))
 
-    @tf.function
+    @tf.function(autograph=False)  # Async: traced before the comm thread starts (below)
     def take() -> list:  # Async: the accumulated sum, leaving zeros behind (caller holds `cond`)
         out = [tf.identity(a) for a in acc]  # a read is a snapshot: the assign below cannot change it
         for a in acc:
             a.assign(tf.zeros_like(a))
         return out
 
-    @tf.function
+    @tf.function(autograph=False)  # Async: traced before the comm thread starts (below)
     def apply(summed: list, k: tf.Tensor) -> None:  # Async: mean gradient of k sub-batches (LR_RULES)
         lr.assign(cfg.lr * (k if cfg.lr_rule == "linear" else tf.minimum(k, float(num_workers))))
         optimizer.apply_gradients(zip([s / k for s in summed], model.trainable_variables))
@@ -141,6 +142,15 @@ def main(argv: list[str] | None = None) -> int:
             with cond:
                 cond.notify_all()
 
+    # Async: AutoGraph's conversion is not thread-safe: converting `take` in the comm thread while the main
+    # thread converted another function once made the comm thread call the wrong one (TypeError, MPI run).
+    # So: no AutoGraph (plain Python loops over lists), and everything traced here, before the thread starts.
+    specs = [tf.TensorSpec(v.shape, v.dtype) for v in model.trainable_variables]
+    refresh.get_concrete_function()
+    compute.get_concrete_function(*batches.element_spec)
+    accumulate.get_concrete_function(specs)
+    take.get_concrete_function()
+    apply.get_concrete_function(specs, tf.TensorSpec([], tf.float32))
     peak = measure.peak_gflops(cfg)  # all ranks at once: each gets its fair share of the machine
     # Async: same start everywhere; a collective, so every rank starts computing at the same moment
     hvd.broadcast_variables(model.variables + worker.variables, root_rank=0)
