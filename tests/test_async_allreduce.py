@@ -48,7 +48,7 @@ def test_two_ranks_identical_weights_and_exact_counts(controller, results):
 
 def _throughput_args(results: Path, delay_ms: float, study: str) -> list[str]:
     return ["--dataset", "synthetic", "--width", "0.25", "--per-worker-batch", "16", "--epochs", "1",
-            "--steps-per-epoch", "80", "--warmup-steps", "5", "--intra-op-threads", "1",
+            "--steps-per-epoch", "120", "--warmup-steps", "5", "--intra-op-threads", "1",
             "--comm-delay-ms", str(delay_ms), "--study", study, "--results-dir", str(results)]
 
 
@@ -56,7 +56,7 @@ def _throughput_args(results: Path, delay_ms: float, study: str) -> list[str]:
 def test_slow_communication_keeps_images_per_sec_and_grows_the_effective_batch(results):
     """The defining property: slow every all-reduce down and images/sec does not notice; the updates
     just carry more sub-batches. This 2-core machine is shared and noisy, so each round runs the unslowed
-    and the slowed job side by side (both see the same load) and compares their rates; two rounds."""
+    and the slowed job side by side (both see the same load); two rounds, rates pooled over the rounds."""
     delay = 1500.0  # ms: many compute steps (~0.1-0.4 s each here) pile up during one all-reduce
     rounds = []
     for i in range(2):
@@ -72,8 +72,8 @@ def test_slow_communication_keeps_images_per_sec_and_grows_the_effective_batch(r
     detail = [{d: (round(r["images_per_sec"], 1), round(r["compute_images_per_sec"], 1),
                    round(r["effective_batch"]["mean"], 2), round(r["staleness"]["mean"], 2))
                for d, r in recs.items()} for recs in rounds]
-    ratios = [recs[delay]["images_per_sec"] / recs[0.0]["images_per_sec"] for recs in rounds]
-    assert max(ratios) >= 0.9 and min(ratios) >= 0.8, (ratios, detail)
+    pooled = sum(r[delay]["images_per_sec"] for r in rounds) / sum(r[0.0]["images_per_sec"] for r in rounds)
+    assert pooled >= 0.9, (pooled, detail)
     for recs in rounds:
         fast, slow = recs[0.0], recs[delay]
         assert slow["effective_batch"]["mean"] >= 2 * fast["effective_batch"]["mean"], detail

@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cond = threading.Condition()  # Async: guards the accumulator: compute adds, the comm thread takes
     weights_lock = threading.Lock()  # Async: an update lands whole, never in the middle of a snapshot
-    s = SimpleNamespace(count=0, versions=[], done=False, version=0, applied=0, sizes=[], staleness=[],
-                        allreduce_s=[], segments=[[]], measuring=False, error=None)  # Async: shared state
+    s = SimpleNamespace(count=0, versions=[], done=False, version=0, applied=0, sizes=[], staleness=[],  # Async:
+                        allreduce_s=[], segments=[[]], measuring=False, any_done=False, error=None)  # Async:
 
     def communicate() -> None:  # Async: the communication thread
         try:
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                     s.applied += k
                     if is_writer and s.measuring and not finished:  # while every rank computes
                         s.segments[-1].append((time.perf_counter(), s.applied, s.version))
+                s.any_done = s.any_done or finished > 0  # rates are measured while every rank computes
                 if finished == num_workers:  # every rank's last sub-batch is in: all ranks stop here
                     return
         except Exception as e:  # e.g. a lost rank: the compute loop re-raises it
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             cond.notify()  # Async:
         losses.append(float(loss))
         hits.append(float(hit))
-        if step >= cfg.warmup_steps:  # warm-up: this rank's first sub-batches, for both rates
+        if step >= cfg.warmup_steps and not s.any_done:  # warm-up: this rank's first sub-batches, both rates
             compute_segments[-1].append((time.perf_counter(), step))
             s.measuring = True
         epoch, end_of_epoch = divmod(step + 1, steps_per_epoch)
