@@ -15,6 +15,7 @@ DATASETS = ("synthetic", "digits", "imagenet2012")  # plus folder:PATH
 COMPRESSIONS = ("none", "fp16", "powersgd:R", "topk:F", "sign")  # the sync arm's; train/compression.py
 PRECISIONS = ("fp32", "mixed_fp16", "mixed_bf16")
 CLI_ROLES = tuple(r for r in record.ROLES if r != "bench")  # a bench is not a training run
+LR_RULES = ("linear", "capped")  # train/async_allreduce.py
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,11 @@ class RunConfig:
     role: str = _opt("main (a run of the study) | ceiling (one of --copies independent runs side by side)", "main")
     copies: int = _opt("how many independent copies of this run ran side by side", 1)
     checkpoint_dir: str = _opt("save model+optimizer here every epoch; a rerun resumes from the newest", "")
+    # Async all-reduce (train/async_allreduce.py): a test/emulation knob, not a tuning option
+    comm_delay_ms: float = _opt("sleep this long in the communication thread before each all-reduce "
+                                "(emulates a slow interconnect)", 0.0, ("async_allreduce",))
+    lr_rule: str = _opt("learning rate of an update summing k sub-batches: linear (lr*k) | capped "
+                        "(lr*min(k, workers): the sync arm's step, never more)", "linear", ("async_allreduce",))
 
     @property
     def runs_path(self) -> str:
@@ -94,6 +100,10 @@ class RunConfig:
         for name, value in nonnegative.items():
             if value < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {value}")
+        if self.lr_rule not in LR_RULES:
+            raise ConfigError(f"unknown lr rule {self.lr_rule!r}; choose {', '.join(LR_RULES)}")
+        if self.comm_delay_ms < 0:
+            raise ConfigError(f"--comm-delay-ms must be >= 0, got {self.comm_delay_ms}")
         if self.image_size < MIN_IMAGE_SIZE:
             raise ConfigError(f"--image-size must be >= {MIN_IMAGE_SIZE} (cnn11 pools 5 times by 2), "
                               f"got {self.image_size}")
@@ -158,12 +168,23 @@ class _OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# The async all-reduce arm takes the sync arm's options except these (plus its own fields).
+ASYNC_ALLREDUCE_WITHOUT = ("lr_warmup_epochs", "checkpoint_dir")
+
+
+def _arms(f: dataclasses.Field) -> tuple[str, ...]:
+    arms = f.metadata["arms"]
+    if "sync" in arms and f.name not in ASYNC_ALLREDUCE_WITHOUT:
+        arms = (*arms, "async_allreduce")
+    return arms
+
+
 def build_parser(arm: str, prog: str | None = None) -> argparse.ArgumentParser:
-    """argparse from RunConfig's fields for one arm ('sync' or 'async'); defaults shown."""
+    """argparse from RunConfig's fields for one arm ('sync', 'async' or 'async_allreduce'); defaults shown."""
     parser = _OneLineParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                             allow_abbrev=False)
     for f in dataclasses.fields(RunConfig):
-        if arm not in f.metadata["arms"]:
+        if arm not in _arms(f):
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
