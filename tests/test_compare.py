@@ -251,7 +251,7 @@ def test_report_writes_markdown_and_readable_plots(study: Path):
     for ax in fig.axes:
         assert "GPUs" in ax.get_xlabel() or "modeled workers" in ax.get_xlabel()
         lines = {ln.get_label(): ln for ln in ax.get_lines()}
-        tri = lines[f"seed study (2015): >30x at 48 GPUs, a lower bound"]
+        tri = lines["seed study (2015): >30x at 48 GPUs, a lower bound"]
         assert tri.get_marker() == "^" and list(tri.get_xdata()) == [48] and list(tri.get_ydata()) == [30.0]
         arrows = [a for a in ax.texts if getattr(a, "arrow_patch", None) is not None and tuple(a.xyann) == (48, 30.0)]
         assert arrows and arrows[0].xy[0] == 48 and arrows[0].xy[1] > 30  # an arrow from 30 upward: "more than"
