@@ -260,13 +260,10 @@ def test_mini_sweep_report_lists_failed_job(slurm, tmp_path):
                                               text=True).stdout.strip()
     # the allreduce bench ran as a job of its own and left allreduce.json for the model
     bench_id, bench_log = log_of(logs, "bench")
-    if (ROOT / "train" / "bench_allreduce.py").exists():
-        assert job_state(bench_id, env=slurm.env())[0] == "COMPLETED", bench_log.read_text()[-2000:]
-        bench = json.loads((results / "mini" / "allreduce.json").read_text())
-        assert bench["np"] == 2
-        assert re.search(rf"\| {bench_id} \| bench \| bench \|.*\| ok \|", report), report
-    else:  # until compare/bench_allreduce.py moves to train/ (branch i11-pipeline): the job fails, listed
-        assert re.search(rf"\| {bench_id} \| bench \| bench \|.*\*\*failed\*\*", report), report
+    assert job_state(bench_id, env=slurm.env())[0] == "COMPLETED", bench_log.read_text()[-2000:]
+    bench = json.loads((results / "mini" / "allreduce.json").read_text())
+    assert bench["np"] == 2
+    assert re.search(rf"\| {bench_id} \| bench \| bench \|.*\| ok \|", report), report
 
 
 # ---------------------------------------------------------------- issue 8: nodes in network namespaces
