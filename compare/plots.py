@@ -342,3 +342,54 @@ def plot_emulated_projection(inputs: dict, n: float, batch: int, seed: dict, pat
             ax.legend(fontsize=6.5, loc="upper left")
     fig.suptitle("Emulated cluster projected to 48 nodes with each link's measured inputs", fontsize=10)
     return _save(fig, path)
+
+
+# ------------------------------------------------------------------ the GPU model (measured terms, issue 12)
+ARM_STYLES = {"sync_allreduce": ("tab:blue", "o"), "async_allreduce": ("tab:green", "D"),
+              "sync_ps": ("tab:purple", "s"), "async_ps": ("tab:orange", "v")}
+
+
+def plot_gpu_projection(rows: dict[str, list[dict]], seed: dict, path: str) -> plt.Figure | None:
+    """One panel per GPU profile: each arm's modeled efficiency (speedup / GPUs) with its band (every
+    assumed input varied alone over its stated range) and the seed's lower bound (>30x at 48 = 0.625).
+    Efficiency, not speedup, on the y axis: near-linear curves would lie on top of each other.
+    rows: profile -> scaling.projection_rows output of every arm."""
+    if not rows:
+        return None
+    names = list(rows)
+    fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names), 5.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="ideal (efficiency 1)")
+        ends = []
+        arms = dict.fromkeys((r["arm"], r["shards"]) for r in rows[name])
+        for arm, shards in arms:
+            pts = sorted((r for r in rows[name] if (r["arm"], r["shards"]) == (arm, shards)), key=lambda r: r["p"])
+            color, marker = ARM_STYLES[arm]
+            tag = arm + (f" ({shards} PS)" if arm.endswith("ps") else "")
+            p = np.array([r["p"] for r in pts], dtype=float)
+            ax.fill_between(p, [r["low"] / q for r, q in zip(pts, p)], [r["high"] / q for r, q in zip(pts, p)],
+                            color=color, alpha=0.15, linewidth=0)
+            ax.plot(p, [r["speedup"] / q for r, q in zip(pts, p)], "-", marker=marker, color=color, markersize=5,
+                    mfc="none", label=f"{tag}: model; band: inputs varied")
+            ends.append([pts[-1]["speedup"] / p[-1], f"{tag}: {pts[-1]['speedup']:.1f}x", color])
+        ends.sort(key=lambda e: e[0])
+        for k in range(1, len(ends)):  # nudge the end labels apart (linear axis)
+            ends[k][0] = max(ends[k][0], ends[k - 1][0] + 0.045)
+        for y, text, color in ends:
+            ax.annotate(text, (48, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7.5,
+                        color=color, annotation_clip=False)
+        bound = seed["speedup"] / seed["gpus"]
+        ax.plot([seed["gpus"]], [bound], marker="^", markersize=11, color="crimson", linestyle="none", zorder=6,
+                label=f"seed study: >{seed['speedup']:g}x at {seed['gpus']} GPUs (efficiency > {bound:.2f}), a lower bound")
+        ax.annotate("", xy=(seed["gpus"], min(1.0, bound + 0.2)), xytext=(seed["gpus"], bound),
+                    arrowprops=dict(arrowstyle="->", color="crimson", lw=1.5))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(scaling.PROJECTION_GPUS))
+        ax.set_xticklabels([str(g) for g in scaling.PROJECTION_GPUS])
+        ax.set_xlabel("modeled GPUs (log2)")
+        ax.set_ylim(0, 1.12)
+        ax.set_ylabel("modeled efficiency = speedup / GPUs")
+        ax.set_title(f"{name}: cnn11 {pts[0]['head']} head, batch {pts[0]['batch']} per GPU")
+        ax.legend(fontsize=6.5, loc="lower left")
+    fig.suptitle("Modeled GPUs (no measurement here): the measured-terms model of compare/scaling.py", fontsize=9)
+    return _save(fig, path)

@@ -175,7 +175,7 @@ def local_model_section(profile, calib: dict, val: pd.DataFrame) -> list[str]:
 
 # ------------------------------------------------------------------ projection
 def projection_section(profs: dict, shards: int, seed: dict) -> list[str]:
-    md = ["## Projection to 48 GPUs", "",
+    md = ["## Projection of this machine's model (CPU workers as GPUs)", "",
           f"Modeled speedup over one GPU of the same profile (async: {shards} PS shard{'s' if shards > 1 else ''}); "
           "in brackets the band from varying each assumed input one at a time: "
           f"{scaling.describe_ranges()} (x: factor on the profile's value).", ""]
@@ -205,6 +205,47 @@ def projection_section(profs: dict, shards: int, seed: dict) -> list[str]:
         md += [f"  - workload {w.head}: {w.t_compute * 1e3:.1f} ms/step at batch {w.batch}, gradient "
                f"{w.grad_bytes / 1e6:.1f} MB fp32 ({w.source})" for w in prof.workloads.values()]
         md += [f"  - {a}" for a in prof.assumptions]
+    return md
+
+
+GPU_ARMS = (("sync_allreduce", 1), ("async_allreduce", 1), ("sync_ps", 4), ("async_ps", 4))
+GPU_HEAD, GPU_BATCH = "gap", 64
+
+
+def gpu_rows(names: list[str]) -> dict[str, list[dict]]:
+    """The measured-terms model's projection with bands, per GPU profile, for every arm."""
+    return {n: [r for arm, s in GPU_ARMS for r in scaling.projection_rows(n, GPU_HEAD, GPU_BATCH, arm, s)]
+            for n in names}
+
+
+def gpu_model_section(rows: dict[str, list[dict]], seed: dict) -> list[str]:
+    """Projection to 48 GPUs (issue 12 model), the seed table, every input with its source, the K80 check."""
+    from compare import validate
+
+    md = ["## Projection to 48 GPUs: the measured-terms model", "",
+          f"cnn11 {GPU_HEAD} head, batch {GPU_BATCH} per GPU, fp32 gradients. Speedup over one GPU of the same "
+          "profile; in brackets the band from varying each assumed input alone over its stated range (inputs "
+          "below); 'moves most': the input whose range moves the 48-GPU figure most. Modeled, not measured.", ""]
+    table = []
+    for name, rs in rows.items():
+        for arm, shards in GPU_ARMS:
+            pts = {r["p"]: r for r in rs if r["arm"] == arm and r["shards"] == shards}
+            cells = [f"{pts[p]['speedup']:.1f} ({pts[p]['low']:.1f}–{pts[p]['high']:.1f})" if p in (8, 48)
+                     else f"{pts[p]['speedup']:.1f}" for p in scaling.PROJECTION_GPUS]
+            table.append([name, arm + (f" ({shards} PS)" if arm.endswith("ps") else ""), *cells,
+                          str(pts[48]["most"] or "none")])
+    md += [md_table(["profile", "arm", *map(str, scaling.PROJECTION_GPUS), "moves most"], table), "",
+           f"Seed study: {seed['text']} — a lower bound.", ""]
+    if "tsubame2.5" in rows:
+        _, seed_md = scaling.seed_table()
+        md += ["### What the seed's '>30x at 48 GPUs' implies (tsubame2.5)", "", seed_md, ""]
+    for name in rows:
+        md += [f"### Inputs: {name}", "", scaling.inputs_markdown(name), ""]
+    try:
+        md += ["### The model against published multi-node results (K80, tf_cnn_benchmarks)", "",
+               validate.report_markdown(), ""]
+    except (OSError, ValueError) as e:
+        md += [f"(no K80 comparison: {e})", ""]
     return md
 
 
@@ -432,7 +473,9 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
     cores = len(info.get("cores") or []) or 2
     local, calib = calibration.calibrate_local(df, table, calibration.load_bench(study_dir), cores)
     val = validation_table(table, local, calib)
-    profs = {n: (local if n == "local" else scaling.cluster_profile(n)) for n in profiles if n != "local" or local}
+    # The measured CPU workers' own projection (local); GPU profiles through the measured-terms model.
+    profs = {"local": local} if "local" in profiles and local else {}
+    gpus = gpu_rows([n for n in profiles if n != "local"])
     benches = calibration.load_link_benches(study_dir)
     eval_, points, einfo = emulated_validation(df, benches)
 
@@ -443,6 +486,8 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
         figs["measured.png"] = plots.plot_measured(df, table, local, os.path.join(out_dir, "measured.png"), where)
     if profs:
         figs["projection.png"] = plots.plot_projection(profs, seed, ps_shards, os.path.join(out_dir, "projection.png"))
+    if gpus:
+        figs["projection_gpus.png"] = plots.plot_gpu_projection(gpus, seed, os.path.join(out_dir, "projection_gpus.png"))
     figs["staleness.png"] = plots.plot_staleness(df, os.path.join(out_dir, "staleness.png"))
     conv = convergence_runs(df, target)
     if not conv.empty:
@@ -484,7 +529,10 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
         md += [*local_model_section(local, calib, val), ""]
     if einfo["links"]:
         md += [*emulated_section(df, eval_, einfo, benches), ""]
-    md += [*projection_section(profs, ps_shards, seed), ""]
+    if profs:
+        md += [*projection_section(profs, ps_shards, seed), ""]
+    if gpus:
+        md += [*gpu_model_section(gpus, seed), ""]
     if not conv.empty:
         md += [*convergence_section(conv, convergence_summary(conv), target, table, val, df), ""]
     stale = usable(df)

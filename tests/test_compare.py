@@ -233,12 +233,14 @@ def test_report_words_follow_the_numbers(tmp_path: Path, factors, want):
 # ------------------------------------------------------------------ the report
 def test_report_writes_markdown_and_readable_plots(study: Path):
     text = Path(report.write_report(str(study), profiles=["local", "tsubame2.5", "h200"])).read_text()
-    for name in ("measured.png", "projection.png", "staleness.png"):
+    for name in ("measured.png", "projection.png", "projection_gpus.png", "staleness.png"):
         assert (study / name).stat().st_size > 10_000, name
         assert f"![{name}]({name})" in text
     assert "test cpu" in (study / "README.md").read_text()
-    for needle in ("## Conditions", "test cpu", "predicted img/s", "verdict", "## Projection to 48 GPUs",
-                   "| tsubame2.5 | sync | gap |", "| h200 | async | fc4096 |", "kappa(2)", "Async staleness",
+    for needle in ("## Conditions", "test cpu", "predicted img/s", "verdict", "## Projection of this machine's model",
+                   "## Projection to 48 GPUs: the measured-terms model", "| tsubame2.5 | sync_allreduce |",
+                   "| h200 | async_ps (4 PS) |", "### What the seed's '>30x at 48 GPUs' implies", "out-of-sample",
+                   "### Inputs: h200", "kappa(2)", "Async staleness",
                    "host load not recorded", "0 line(s) rejected"):
         assert needle in text, needle
 
@@ -260,6 +262,17 @@ def test_report_writes_markdown_and_readable_plots(study: Path):
         assert len({ln.get_marker() for ln in models}) == len(models)  # distinct markers
         ys = [txt.xyann[1] for txt in ax.texts if txt.get_text().endswith("x")]
         assert len(ys) == len(models) + 1 and all(b / a >= 1.29 for a, b in zip(sorted(ys), sorted(ys)[1:]))
+    gpu = plots.plot_gpu_projection(report.gpu_rows(["tsubame2.5", "h200"]), seed, str(study / "g.png"))
+    assert len(gpu.axes) == 2  # one panel per GPU profile
+    for ax in gpu.axes:
+        assert ax.get_xlabel() == "modeled GPUs (log2)" and "efficiency" in ax.get_ylabel()
+        models = [ln for ln in ax.get_lines() if ln.get_label().endswith("band: inputs varied")]
+        assert len(models) == len(ax.collections) == len(report.GPU_ARMS)  # a band for every arm
+        assert len({ln.get_marker() for ln in models}) == len(models)
+        tri = [ln for ln in ax.get_lines() if ln.get_marker() == "^"]
+        assert tri and list(tri[0].get_xdata()) == [48] and list(tri[0].get_ydata()) == [30.0 / 48]
+        ends = sorted(t.xy[1] for t in ax.texts if t.get_text().endswith("x"))
+        assert len(ends) == len(models) and all(b - a >= 0.044 for a, b in zip(ends, ends[1:]))
     meas = plots.plot_measured(df, t, local, str(study / "m.png"))
     assert all("CPU workers" in ax.get_xlabel() for ax in meas.axes)
     each = [ln for ln in meas.axes[0].get_lines() if (ln.get_label() or "").endswith("each run")]
