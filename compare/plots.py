@@ -8,6 +8,7 @@ a band (each assumed input varied over its stated range); per-run points beside 
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib
 
@@ -186,8 +187,9 @@ def plot_projection(profiles: dict[str, scaling.Profile], seed: dict, shards: in
             ax.set_ylabel(f"{mode}: modeled speedup over 1 GPU")
             ax.set_title(f"{name}, {mode} ({prof.per_node} per node)")
             ax.legend(fontsize=6.5, loc="upper left")
-    fig.suptitle(f"Projected speedup per profile (async: {shards} PS shard{'s' if shards > 1 else ''}); "
-                 f"bands: each assumed input varied one at a time ({scaling.describe_ranges()})", fontsize=9)
+    title = (f"Projected speedup per profile (async: {shards} PS shard{'s' if shards > 1 else ''}); "
+             f"bands: each assumed input varied one at a time ({scaling.describe_ranges()})")
+    fig.suptitle(textwrap.fill(title, width=int(95 * max(1, len(names)))), fontsize=9)
     return _save(fig, path)
 
 
@@ -212,6 +214,7 @@ def plot_staleness(df: pd.DataFrame, path: str) -> plt.Figure | None:
         ax.bar(np.array(ks) + (i - (len(hists) - 1) / 2) * width, [h[k] / total for k in ks], width=width,
                label=f"{p} worker{'s' if p > 1 else ''}: measured mean {mean:.2f} "
                      f"(model: mean {scaling.expected_staleness(p)} = p − 1)")
+    ax.set_xticks(sorted({k for h in hists.values() for k in h}))  # staleness is a whole number of updates
     ax.set_xlabel("staleness of an applied gradient (updates by other workers since its read)")
     ax.set_ylabel("fraction of updates")
     ax.set_title("Async staleness histogram, all repeats pooled")
