@@ -38,11 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     measure.set_precision(cfg.precision)
 
     hvd.init()  # Async: one process per device, as the sync arm
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)
-    if gpus:
-        tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
+    measure.pin_gpu(hvd.local_rank())  # Async: one GPU per local rank, when there are GPUs
     num_workers, rank = hvd.size(), hvd.rank()  # Async:
     is_writer = rank == 0  # Async: rank 0 alone evaluates and writes the record
     run_id = broadcast_object(cfg.run_id or record.default_run_id(), root_rank=0)  # Async:

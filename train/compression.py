@@ -241,9 +241,17 @@ class Exchange:
     def exchange(self, grads: list[tf.Tensor], step) -> tuple[list[tf.Tensor], tf.Operation]:
         raise NotImplementedError
 
+    err: dict = {}  # variable index -> its error-feedback residual (a tf.Variable), for compressed variables
+
     def residual(self, i: int) -> tf.Tensor:
         """What variable i's gradients have not yet sent (error feedback), for tests."""
-        raise NotImplementedError
+        return self.err[i] if i in self.err else tf.zeros(self.shapes[i])
+
+    def _layout(self, meter: WireMeter | None, **extra) -> None:
+        """Which variables are compressed, for the record."""
+        if meter is not None:
+            meter.layout = {"compressed_variables": len(self.compressed), "uncompressed_variables": len(self.dense),
+                            **extra}
 
 
 class PowerSGD(Exchange):
@@ -258,11 +266,7 @@ class PowerSGD(Exchange):
             self.err[i] = tf.Variable(tf.zeros(self.shapes[i]), trainable=False)
             # The same Q on every rank (stateless seed); afterwards Q is the allreduced one (warm start).
             self.q[i] = tf.Variable(tf.random.stateless_normal((m, rank), seed=(seed, i)), trainable=False)
-        if meter is not None:
-            meter.layout = {"compressed_variables": len(self.compressed), "uncompressed_variables": len(self.dense)}
-
-    def residual(self, i):
-        return self.err[i] if i in self.err else tf.zeros(self.shapes[i])
+        self._layout(meter)
 
     def exchange(self, grads, step):
         t0 = _stamp(grads)
@@ -309,14 +313,10 @@ class TopK(Exchange):
         # k per variable for epochs 0..W (the last entry holds from epoch W on): integers fixed here.
         self.k_table = {i: tf.constant([topk_k(numel[i], e, density, warmup_epochs)
                                         for e in range(warmup_epochs + 1)], tf.int32) for i in self.compressed}
-        if meter is not None:
-            meter.layout = {"compressed_variables": len(self.compressed), "uncompressed_variables": len(self.dense),
-                            "values_per_step_by_epoch": [sum(topk_k(numel[i], e, density, warmup_epochs)
-                                                             for i in self.compressed)
-                                                         for e in range(warmup_epochs + 1)]}
-
-    def residual(self, i):
-        return self.v[i] if i in self.v else tf.zeros(self.shapes[i])
+        self.err = self.v  # the accumulated gradient not yet sent is DGC's residual
+        self._layout(meter, values_per_step_by_epoch=[sum(topk_k(numel[i], e, density, warmup_epochs)
+                                                          for i in self.compressed)
+                                                      for e in range(warmup_epochs + 1)])
 
     def exchange(self, grads, step):
         epoch = tf.minimum(tf.cast(step, tf.int32) // self.steps_per_epoch, self.warmup_epochs)
@@ -369,11 +369,7 @@ class Sign(Exchange):
         self.compressed = [i for i, s in enumerate(self.shapes) if len(s) >= 2]
         self.dense = [i for i, s in enumerate(self.shapes) if len(s) < 2]
         self.err = {i: tf.Variable(tf.zeros(self.shapes[i]), trainable=False) for i in self.compressed}
-        if meter is not None:
-            meter.layout = {"compressed_variables": len(self.compressed), "uncompressed_variables": len(self.dense)}
-
-    def residual(self, i):
-        return self.err[i] if i in self.err else tf.zeros(self.shapes[i])
+        self._layout(meter)
 
     def exchange(self, grads, step):
         t0 = _stamp(grads)

@@ -33,6 +33,16 @@ def set_up(cfg) -> tuple[float, str]:
     return peak_gflops(cfg)
 
 
+def pin_gpu(local_rank: int) -> None:
+    """One GPU per process, picked by its local rank, memory grown on demand (Horovod's recipe); on a
+    machine without GPUs nothing happens."""
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        tf.config.set_visible_devices(gpus[local_rank], "GPU")
+
+
 def bad_input(prog: str, error: Exception | str) -> int:
     """One line naming what is wrong with the input; exit code 2."""
     print(f"{prog}: error: {error}", file=sys.stderr)

@@ -42,11 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Horovod: one process per device; pin one GPU per local rank when there are GPUs.
     hvd.init()
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)
-    if gpus:
-        tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
+    measure.pin_gpu(hvd.local_rank())  # Horovod:
     num_workers, rank = hvd.size(), hvd.rank()  # Horovod:
     run_id = broadcast_object(cfg.run_id or record.default_run_id(), root_rank=0)  # Horovod:
 
