@@ -1,6 +1,9 @@
 """Host load while a study runs: results/<study>/load.jsonl, one JSON line a sample. No TensorFlow.
 
-    {"t": iso, "loadavg1": float, "steal_frac": float, "cpu_busy_frac": float}
+    {"t": iso, "loadavg1": float, "steal_frac": float, "cpu_busy_frac": float, "host": str}
+
+The pipeline runs a Sampler thread while a study runs; a SLURM job runs the same sampler as a program
+(slurm/job-env.sh), until it is stopped:  python -m compare.hostload --out results/STUDY/load.jsonl
 
 loadavg1 from /proc/loadavg; steal and busy fractions of all CPU time since the previous sample, from the
 "cpu" line of /proc/stat (busy = everything but idle, iowait and steal). The report prints these.
@@ -9,8 +12,12 @@ from __future__ import annotations
 
 import json
 import math
+import argparse
 import os
+import signal
+import socket
 import statistics
+import sys
 import threading
 
 from train.record import append_json_line, now_iso
@@ -54,7 +61,8 @@ class Sampler:
             steal = (now[2] - self._last[2]) / dt
             busy = (dt - (now[1] - self._last[1]) - (now[2] - self._last[2])) / dt
         self._last = now
-        row = {"t": now_iso(), "loadavg1": _loadavg1(), "steal_frac": steal, "cpu_busy_frac": busy}
+        row = {"t": now_iso(), "loadavg1": _loadavg1(), "steal_frac": steal, "cpu_busy_frac": busy,
+               "host": socket.gethostname()}
         row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
         append_json_line(self.path, row)
         return row
@@ -109,3 +117,28 @@ def summary(path: str, cores: int | None = None) -> str:
 
 def load_path(study_dir: str) -> str:
     return os.path.join(study_dir, "load.jsonl")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Sample every --interval s into --out until SIGTERM or SIGINT, then take a last sample."""
+    class OneLine(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # bad input: one line, exit 2
+            print(f"compare.hostload: error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    ap = OneLine(prog="compare.hostload", description=main.__doc__)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--interval", type=float, default=15.0)
+    args = ap.parse_args(argv)
+    if not args.interval > 0:
+        ap.error(f"--interval must be > 0, got {args.interval}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with Sampler(args.out, args.interval):
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

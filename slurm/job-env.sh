@@ -17,3 +17,10 @@ if [[ $(id -u) == 0 ]]; then  # Open MPI refuses root without these (containers,
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+
+# Host load while this job runs (its first node), for the report's conditions: one JSON line a sample
+# appended to the study's load.jsonl (compare/hostload.py); stopped when the job script exits.
+mkdir -p "$RESULTS_DIR/$STUDY"
+python -m compare.hostload --out "$RESULTS_DIR/$STUDY/load.jsonl" --interval "${HOSTLOAD_INTERVAL:-15}" &
+HOSTLOAD_PID=$!
+trap 'kill "$HOSTLOAD_PID" 2>/dev/null; wait "$HOSTLOAD_PID" 2>/dev/null' EXIT

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pkgutil
+import signal
 import socket
 import subprocess
 import sys
@@ -553,3 +554,21 @@ def test_dense_head_counts_match_the_model():
             assert trainable_params(size, 10, head, width) - trainable_params(size, 10, other, width) == params - p_other
             assert train_flops_per_image(size, 10, head, width) - train_flops_per_image(size, 10, other, width) \
                 == pytest.approx(6.0 * (macs - m_other))
+
+
+def test_hostload_program_samples_until_stopped(tmp_path: Path):
+    """What a SLURM job runs (slurm/job-env.sh): samples until SIGTERM, then a last one; bad input exit 2."""
+    out = tmp_path / "load.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "compare.hostload", "--out", str(out), "--interval", "0.2"],
+                            cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) >= 3 and all(isinstance(r["loadavg1"], float) and r["host"] and r["t"] for r in rows)
+    bad = subprocess.run([sys.executable, "-m", "compare.hostload", "--out", str(tmp_path / "x"), "--interval", "0"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--interval" in bad.stderr
+    assert not (tmp_path / "x").exists()

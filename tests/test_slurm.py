@@ -258,6 +258,9 @@ def test_mini_sweep_report_lists_failed_job(slurm, tmp_path):
     assert sweep["cores"] and sweep["cpu"] and sweep["host"] and sweep["started_at"]
     assert sweep["git_sha"] == subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
                                               text=True).stdout.strip()
+    # every job sampled the host's load into the study's load.jsonl (compare/hostload.py)
+    load = [json.loads(line) for line in (results / "mini" / "load.jsonl").read_text().splitlines()]
+    assert load and all(isinstance(r["loadavg1"], float) and r["host"] for r in load)
     # the allreduce bench ran as a job of its own and left allreduce.json for the model
     bench_id, bench_log = log_of(logs, "bench")
     assert job_state(bench_id, env=slurm.env())[0] == "COMPLETED", bench_log.read_text()[-2000:]
