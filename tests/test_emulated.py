@@ -112,7 +112,7 @@ def test_report_on_fixtures_predicted_vs_measured(tmp_path):
         for kind in ("sync-2n", "async-2n"):  # error 0, SE 2 %: the words follow the numbers
             assert re.search(rf"\| {link} \| {kind} \| 2 \| .* \| [+-]0\.0% \| within the goal \|", md), (link, kind)
     assert "2-node points: 4 (4 within the goal, 0 consistent within noise, 0 misses)" in md and "1 failed" in md
-    for png in ("emulated_validation.png", "emulated_allreduce.png", "emulated_projection.png", "projection.png"):
+    for png in ("emulated_validation.png", "emulated_allreduce.png", "emulated_projection.png", "projection_gpus.png"):
         assert (study / png).stat().st_size > 10_000, png
     assert "shared with other engineers" not in md and "slurm-wlm" not in md  # no run's conclusions in code
 
