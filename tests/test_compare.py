@@ -443,7 +443,7 @@ def test_failed_runs_are_full_schema_records_and_the_study_goes_on(tmp_path: Pat
         assert "exit code 3" in r["error"] and "something broke" in r["error"]
     assert [r["num_workers"] for r in recs] == [1, 2]
     load = [json.loads(line) for line in open(tmp_path / "results" / "f" / "load.jsonl")]
-    assert load and set(load[-1]) == {"t", "loadavg1", "steal_frac", "cpu_busy_frac"}
+    assert load and set(load[-1]) == {"t", "loadavg1", "steal_frac", "cpu_busy_frac", "host"}
     info = json.loads((tmp_path / "results" / "f" / "study.json").read_text())
     assert info["cluster"] == "local" and info["git_sha"] == record.git_state()[0]
 
@@ -507,7 +507,7 @@ def test_host_load_sampler_writes_the_contract_fields(tmp_path: Path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) >= 2
     for r in rows:
-        assert set(r) == {"t", "loadavg1", "steal_frac", "cpu_busy_frac"} and r["loadavg1"] >= 0
+        assert set(r) == {"t", "loadavg1", "steal_frac", "cpu_busy_frac", "host"} and r["loadavg1"] >= 0
     assert 0 <= rows[-1]["cpu_busy_frac"] <= 1 and 0 <= rows[-1]["steal_frac"] <= 1
 
 
