@@ -31,6 +31,20 @@ def run(cmd: list[str], timeout: float = 600, **extra_env: str) -> subprocess.Co
                           timeout=timeout)
 
 
+def rank_pid(module: str, marker: str, rank: int) -> int | None:
+    """pid of the `python -m module` process of Horovod rank `rank` whose command line holds `marker`."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ranked = f"HOROVOD_RANK={rank}".encode() in env or f"OMPI_COMM_WORLD_RANK={rank}".encode() in env
+        if ranked and module.encode() in cmd and marker.encode() in cmd and b"horovodrun" not in b" ".join(cmd):
+            return int(pid)
+    return None
+
+
 def records(results_dir: Path, study: str = "t") -> list[dict]:
     from train.record import read_records
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, ROOT, child_env, records, run
+from tests.conftest import BIN, ROOT, child_env, records, run, rank_pid
 
 MODULE = "train.async_allreduce"
 TINY = ["--dataset", "synthetic", "--width", "0.25", "--image-size", "32", "--per-worker-batch", "16",
@@ -105,16 +105,7 @@ def test_digits_two_ranks_reach_90_percent(results):
 
 # ---------------------------------------------------------------- failure and bad input
 def _rank_pid(marker: str, rank: int) -> int | None:
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ranked = f"HOROVOD_RANK={rank}".encode() in env or f"OMPI_COMM_WORLD_RANK={rank}".encode() in env
-        if ranked and MODULE.encode() in cmd and marker.encode() in cmd and b"horovodrun" not in b" ".join(cmd):
-            return int(pid)
-    return None
+    return rank_pid(MODULE, marker, rank)
 
 
 @pytest.mark.slow

@@ -4,11 +4,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, ROOT, child_env, records
+from tests.conftest import BIN, ROOT, child_env, records, rank_pid
 
 pytestmark = pytest.mark.slow
 
@@ -21,17 +20,7 @@ def _launch(controller: str, args: list[str]) -> subprocess.Popen:
 
 
 def _rank_pid(marker: str, rank: int) -> int | None:
-    """pid of the trainer process of `rank` whose command line holds `marker`."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ranked = f"HOROVOD_RANK={rank}".encode() in env or f"OMPI_COMM_WORLD_RANK={rank}".encode() in env
-        if ranked and b"train.sync_allreduce" in cmd and marker.encode() in cmd and b"horovodrun" not in b" ".join(cmd):
-            return int(pid)
-    return None
+    return rank_pid("train.sync_allreduce", marker, rank)
 
 
 def _wait_for(predicate, timeout: float, proc: subprocess.Popen):
