@@ -89,14 +89,15 @@ def test_digits_two_ranks_reach_90_percent(results):
     """Real data, np=2, width 0.25, the linear rule. Stale gradients (staleness ~1 here) with momentum 0.9
     need a smaller step than the sync arm: its lr (0.025 per 32-image sub-batch, 0.05 per update of two)
     stayed at chance, and so did 0.01 under the capped rule; 0.005 per sub-batch (~0.011 per update)
-    reached 97.8% at epoch 15 (this machine, 2026-11-28)."""
-    args = ["--dataset", "digits", "--width", "0.25", "--per-worker-batch", "32", "--epochs", "15",
-            "--lr", "0.005", "--intra-op-threads", "1", "--study", "t", "--results-dir", str(results)]
+    with a 2-epoch warm-up. One CI run sat at chance for 5 epochs and ended at 0.887 after 15 (BN
+    momentum 0.99, no warm-up); with BN momentum 0.9 and the warm-up: 0.97 at epoch 4 (2026-11-28)."""
+    args = ["--dataset", "digits", "--width", "0.25", "--per-worker-batch", "32", "--epochs", "10",
+            "--lr", "0.005", "--lr-warmup-epochs", "2", "--intra-op-threads", "1", "--study", "t", "--results-dir", str(results)]
     proc = run(_cmd("gloo", args), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [rec] = records(results)
     curve = rec["curve"]
-    assert len(curve) == 15 and all("val_top1" in p for p in curve)
+    assert len(curve) == 10 and all("val_top1" in p for p in curve)
     assert [p["wall_s"] for p in curve] == sorted(p["wall_s"] for p in curve)
     assert curve[-1]["val_top1"] >= 0.90, [round(p["val_top1"], 3) for p in curve]
     assert rec["final"]["val_top1"] == curve[-1]["val_top1"]  # the final model (BN statistics averaged)
@@ -135,7 +136,8 @@ def test_lost_rank_ends_the_job_with_an_error_not_a_hang(controller, results):
 @pytest.mark.parametrize("args, words", [
     (["--comm-delay-ms", "-5"], "--comm-delay-ms must be >= 0"),
     (["--dataset", "cifar"], "unknown dataset"),
-    (["--lr-warmup-epochs", "1"], "unrecognized arguments"),  # a sync-only option
+    (["--checkpoint-dir", "/tmp/x"], "unrecognized arguments"),  # not offered: no resume in this arm yet
+    (["--lr-warmup-epochs", "-1"], "--lr-warmup-epochs must be >= 0"),
     (["--per-worker-batch", "0"], "--per-worker-batch must be > 0"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(args, words, results):

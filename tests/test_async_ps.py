@@ -233,19 +233,22 @@ def test_no_orphans_after_launcher_sigkill(tmp_path):
 
 @pytest.mark.slow
 def test_digits_two_workers_accuracy(tmp_path):
-    """Issue 3: >= 90% test top-1 within 25 epochs on digits, width 0.25, 2 workers.
+    """Issue 3: >= 90% held-out top-1 on digits, width 0.25, 2 workers, within 12 epochs.
 
-    At the sync arm's step (lr 0.05, momentum 0.9) two async workers stall here (measured: best test
-    top-1 0.85 and 0.39 in 25 epochs, two seeds): staleness adds implicit momentum. lr 0.02 reached
-    0.95 at epoch 10 (0.98 at 25); lr 0.05 with momentum 0.5 reached 0.90 at epoch 10.
+    At the sync arm's step (lr 0.05, momentum 0.9) two async workers stall here: staleness adds implicit
+    momentum; lr 0.02 with a 2-epoch linear warm-up. With Keras's BN momentum (0.99) held-out top-1 sat at
+    0.13-0.37 for 7 epochs while training top-1 was 0.89-0.98 (the moving statistics trailed), and one CI
+    run stayed at chance for 25 epochs without the warm-up; with BN momentum 0.9 and the warm-up: 0.95 at
+    epoch 5, 0.99 at 7 (this machine, 2026-11-28, loaded).
     """
-    out = run(tmp_path, "--dataset", "digits", "--workers", "2", "--ps", "1", "--epochs", "25",
-              "--per-worker-batch", "64", "--lr", "0.02", "--momentum", "0.9", timeout=900)
+    out = run(tmp_path, "--dataset", "digits", "--workers", "2", "--ps", "1", "--epochs", "12",
+              "--per-worker-batch", "64", "--lr", "0.02", "--momentum", "0.9", "--lr-warmup-epochs", "2",
+              timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     (rec,) = records(tmp_path)
     curve = rec["curve"]
-    assert len(curve) == 25 and rec["num_workers"] == 2
+    assert len(curve) == 12 and rec["num_workers"] == 2
     first = next((p["epoch"] for p in curve if p["val_top1"] >= 0.90), None)
-    assert first is not None and first <= 25, [round(p["val_top1"], 3) for p in curve]
+    assert first is not None and first <= 12, [round(p["val_top1"], 3) for p in curve]
     assert rec["final"]["val_top1"] >= 0.90
     assert rec["staleness"]["n"] == rec["applied_updates"] and rec["staleness"]["max"] >= 1

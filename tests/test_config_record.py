@@ -15,7 +15,8 @@ def test_defaults_shown_and_arms_get_their_own_flags():
     async_help = build_parser("async").format_help()
     assert "(default: 64)" in sync_help and "--per-worker-batch" in sync_help
     assert "--workers" not in sync_help and "--workers" in async_help
-    assert "--lr-warmup-epochs" in sync_help and "--lr-warmup-epochs" not in async_help
+    assert "--lr-warmup-epochs" in sync_help and "--lr-warmup-epochs" in async_help  # all three arms
+    assert "--comm-delay-ms" not in sync_help and "--comm-delay-ms" in build_parser("async_allreduce").format_help()
 
 
 def test_parse_round_trip(tmp_path):

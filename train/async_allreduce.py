@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                            tf.keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
     lr = tf.Variable(cfg.lr, trainable=False, dtype=tf.float32)  # Async: set per update (LR_RULES)
     optimizer = tf.keras.optimizers.legacy.SGD(learning_rate=lr, momentum=cfg.momentum)
+    seen = tf.Variable(0.0, trainable=False)  # Async: sub-batches applied so far, all ranks
+    warmup_sub_batches = cfg.lr_warmup_epochs * steps_per_epoch * num_workers
     optimizer._create_all_weights(model.trainable_variables)  # slots made here, not inside the comm thread
     acc = [tf.Variable(tf.zeros_like(v), trainable=False) for v in model.trainable_variables]  # Async:
     compression = hvd.Compression.fp16 if cfg.compression == "fp16" else hvd.Compression.none  # Async:
@@ -98,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
 
     @tf.function(autograph=False)  # Async: traced before the comm thread starts (below)
     def apply(summed: list, k: tf.Tensor) -> None:  # Async: mean gradient of k sub-batches (LR_RULES)
-        lr.assign(cfg.lr * (k if cfg.lr_rule == "linear" else tf.minimum(k, float(num_workers))))
+        seen.assign_add(k)  # warm-up (--lr-warmup-epochs) counts sub-batches: updates vary in size here
+        ramp = tf.minimum(1.0, seen / warmup_sub_batches) if warmup_sub_batches else 1.0
+        lr.assign(ramp * cfg.lr * (k if cfg.lr_rule == "linear" else tf.minimum(k, float(num_workers))))
         optimizer.apply_gradients(zip([s / k for s in summed], model.trainable_variables))
 
     cond = threading.Condition()  # Async: guards the accumulator: compute adds, the comm thread takes

@@ -74,7 +74,8 @@ def chief(cfg, resolver, launcher, source: str, started_at: str) -> int:  # PS: 
 
     with strategy.scope():  # PS: variables live on the PS shards
         model = ps_meter.staleness_model(make_model(), ps_meter.StalenessLog())  # PS: staleness step
-        optimizer = measure.sgd(cfg.lr, cfg.momentum)  # PS: no lr scaling: every update is one worker's batch
+        optimizer = measure.sgd(cfg.lr, cfg.momentum,  # PS: no lr scaling: every update is one worker's batch
+                                warmup_updates=round(cfg.lr_warmup_epochs * steps_per_epoch))
         measure.compile_model(model, optimizer)
 
     state = tf.train.Checkpoint(model=model, optimizer=optimizer)

@@ -43,7 +43,7 @@ class RunConfig:
     warmup_steps: int = _opt("steps excluded from the images/sec measurement", 5)
     lr: float = _opt("base learning rate per worker (sync scales it by the worker count)", 0.05)
     momentum: float = _opt("SGD momentum", 0.9)
-    lr_warmup_epochs: float = _opt("epochs of linear learning-rate warm-up", 0.0, ("sync",))
+    lr_warmup_epochs: float = _opt("epochs of linear learning-rate warm-up", 0.0)
     compression: str = _opt("gradient compression on the wire: none | fp16 | powersgd:R (rank R) | "
                             "topk:F[:W] (fraction F, W warm-up epochs, default 4) | sign", "none")
     precision: str = _opt("fp32 | mixed_fp16 | mixed_bf16 (mixed precision is for GPUs)", "fp32")
@@ -169,7 +169,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 # The async all-reduce arm takes the sync arm's options except these (plus its own fields).
-ASYNC_ALLREDUCE_WITHOUT = ("lr_warmup_epochs", "checkpoint_dir")
+ASYNC_ALLREDUCE_WITHOUT = ("checkpoint_dir",)
 
 
 def _arms(f: dataclasses.Field) -> tuple[str, ...]:
