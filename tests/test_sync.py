@@ -33,16 +33,17 @@ def test_two_ranks_write_one_record_with_identical_weights(controller, results):
 
 @pytest.mark.slow
 def test_digits_two_ranks_reach_90_percent(results):
-    """Real data: np=2, width 0.25, 25 epochs -> >= 90% test top-1 (BN looks like chance early on).
+    """Real data: np=2, width 0.25, 12 epochs -> >= 90% held-out top-1 (25 epochs while BN's moving
+    statistics trailed at Keras's momentum 0.99; see train/model.py BN_MOMENTUM).
 
     Global batch 64 at learning rate 0.05 (0.025 per worker, scaled by 2): the hand-checked recipe."""
-    args = ["--dataset", "digits", "--width", "0.25", "--per-worker-batch", "32", "--epochs", "25",
+    args = ["--dataset", "digits", "--width", "0.25", "--per-worker-batch", "32", "--epochs", "12",
             "--lr", "0.025", "--intra-op-threads", "1", "--study", "t", "--results-dir", str(results)]
     proc = horovodrun("gloo", 2, args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [rec] = records(results)
     curve = rec["curve"]
-    assert len(curve) == 25
+    assert len(curve) == 12
     assert [p["wall_s"] for p in curve] == sorted(p["wall_s"] for p in curve)
     assert max(p["val_top1"] for p in curve) >= 0.90, [round(p["val_top1"], 3) for p in curve]
     assert rec["final"]["val_top1"] >= 0.85  # held-out accuracy still wobbles a little at the end
