@@ -18,7 +18,9 @@ from train import record
 
 GROUP = ["mode", "model", "width", "head", "image_size", "per_worker_batch", "compression", "num_ps", "link"]
 NUMERIC = ("images_per_sec", "images_per_sec_se", "step_p50", "trainable_params", "gradient_bytes",
-           "train_gflop_per_img", "num_workers", "image_size", "per_worker_batch", "mfu")
+           "train_gflop_per_img", "num_workers", "image_size", "per_worker_batch", "mfu", "updates_per_sec",
+           "compute_images_per_sec", "effective_batch_mean", "bytes_sent_per_step", "bytes_received_per_step",
+           "compression_ratio", "compress_time_s_per_step")
 
 
 class FrameError(ValueError):
@@ -34,6 +36,7 @@ class Frame:
 
 def _row(r: dict) -> dict:
     step, stale, link = r.get("step_time_s") or {}, r.get("staleness") or {}, r.get("link") or {}
+    eff = r.get("effective_batch") or {}
     return {
         "run_id": r["run_id"], "status": r["status"], "mode": r["mode"], "model": r.get("model") or "cnn11",
         "width": float(r.get("width") or (r.get("config") or {}).get("width") or 1.0), "head": r.get("head"),
@@ -48,7 +51,14 @@ def _row(r: dict) -> dict:
         "cpu_affinity": ",".join(map(str, r.get("cpu_affinity") or [])), "intra_op_threads": r.get("intra_op_threads"),
         "error": r.get("error"), "started_at": r.get("started_at"), "git_sha": r.get("git_sha"),
         "git_dirty": r.get("git_dirty"), "staleness_mean": stale.get("mean"), "staleness_p95": stale.get("p95"),
-        "staleness_max": stale.get("max"), "_record": r,
+        "staleness_max": stale.get("max"),
+        # async all-reduce (issue 16): sub-batches an update, update rate, the ranks' own compute rate
+        "effective_batch_mean": eff.get("mean"), "updates_per_sec": r.get("updates_per_sec"),
+        "compute_images_per_sec": r.get("compute_images_per_sec"),
+        # compressed gradients (issue 15): what each worker handed Horovod per step, and the compress time
+        "bytes_sent_per_step": r.get("bytes_sent_per_step"), "bytes_received_per_step": r.get("bytes_received_per_step"),
+        "compression_ratio": r.get("compression_ratio"), "compress_time_s_per_step": r.get("compress_time_s_per_step"),
+        "_record": r,
     }
 
 

@@ -393,7 +393,8 @@ def test_plan_and_launcher_commands(tmp_path: Path):
     cfg = plan.StudyConfig(results_dir=str(tmp_path), repeats=2, python="/venv/bin/python")
     runs = plan.plan(cfg)
     main_runs = [r for r in runs if r.role == "main"]
-    assert len(main_runs) == 2 * 2 * 2 and [r.repeat for r in runs] == sorted(r.repeat for r in runs)
+    assert len(main_runs) == 3 * 2 * 2 and [r.repeat for r in runs] == sorted(r.repeat for r in runs)
+    assert {r.mode for r in main_runs} == {"sync", "async", "async_allreduce"}
     assert len({r.run_ids()[0] for r in main_runs}) == len(main_runs)
     backend = LocalBackend()
     sync2 = next(r for r in main_runs if r.mode == "sync" and r.workers == 2)
@@ -408,6 +409,12 @@ def test_plan_and_launcher_commands(tmp_path: Path):
     flags = dict(zip(inner, inner[1:]))
     assert flags["--run-id"] == rid and flags["--role"] == "main" and flags["--copies"] == "1"
     assert "--tag" not in argv and "--peak-gflops" not in argv
+    # the seed's async all-reduce: launched like the sync arm (horovodrun, one pinned rank a core)
+    ar2 = next(r for r in main_runs if r.mode == "async_allreduce" and r.workers == 2)
+    [(rid, argv)] = backend.commands(cfg, ar2)
+    assert argv[1:6] == ["--gloo", "-np", "2", "-H", "localhost:2"] and rid == ar2.run_ids()[0]
+    i = argv.index("train.async_allreduce")
+    assert argv[i - 2:i] == ["/venv/bin/python", "-m"] and dict(zip(argv, argv[1:]))["--run-id"] == rid
     async2 = next(r for r in main_runs if r.mode == "async" and r.workers == 2)
     [(_, argv)] = backend.commands(cfg, async2)
     i = argv.index("train.async_ps")
