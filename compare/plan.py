@@ -150,6 +150,9 @@ def preset(name: str, **overrides) -> StudyConfig:
         raise PlanError(f"unknown preset {name!r}; choose {', '.join(PRESETS)}")
     values = {"study": name, **PRESETS[name]}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("modes") is None:  # default modes: those the chosen backend can launch
+        cluster = values.get("cluster", "local")
+        values["modes"] = tuple(m for m in values.get("modes", tuple(MODES)) if cluster in MODE_CLUSTERS[m])
     return StudyConfig(**values).validate()
 
 

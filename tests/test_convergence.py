@@ -88,8 +88,14 @@ def test_convergence_preset_plans_seeds_lr_and_fp16_for_sync_only(tmp_path):
     runs = plan.plan(cfg)
     kinds = {(r.mode, r.workers, r.compression) for r in runs}
     assert kinds == {("sync", 1, "none"), ("sync", 2, "none"), ("sync", 2, "fp16"),
-                     ("async", 1, "none"), ("async", 2, "none")}  # fp16 at 1 worker: nothing on the wire
-    assert len(runs) == 5 * 3 and all(r.role == "main" for r in runs)
+                     ("async", 1, "none"), ("async", 2, "none"),  # fp16 at 1 worker: nothing on the wire
+                     ("async_allreduce", 1, "none"), ("async_allreduce", 2, "none")}  # issue 16's arm
+    assert len(runs) == 7 * 3 and all(r.role == "main" for r in runs)
+    # the async all-reduce arm at the lr per sub-batch tests/test_async_allreduce.py documents (0.005)
+    ar = next(r for r in runs if r.mode == "async_allreduce" and r.workers == 2 and r.repeat == 1)
+    [(_, argv)] = LocalBackend().commands(cfg, ar)
+    flags = dict(zip(argv, argv[1:]))
+    assert "train.async_allreduce" in argv and float(flags["--lr"]) == 0.005 and flags["--seed"] == "1"
     r2 = next(r for r in runs if r.repeat == 2 and r.mode == "async")
     [(rid, argv)] = LocalBackend().commands(cfg, r2)
     flags = dict(zip(argv, argv[1:]))
