@@ -19,15 +19,18 @@ import pandas as pd  # noqa: E402
 
 from compare import scaling  # noqa: E402
 from compare.frame import GROUP, per_run  # noqa: E402
+from compare.plan import MODES  # noqa: E402
 
-MODE_COLORS = {"sync": "tab:blue", "async": "tab:orange"}
+MODE_COLORS = {"sync": "tab:blue", "async": "tab:orange", "async_allreduce": "tab:red"}
 SERIES_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"]
 HEAD_STYLES = {"gap": ("o", "-"), "fc4096": ("s", "-.")}
 LINK_COLORS = ["tab:green", "tab:blue", "tab:red", "tab:purple", "tab:brown", "tab:olive"]
 GROUP_COLORS = {("sync", "gap", "none"): "tab:blue", ("async", "gap", "none"): "tab:orange",
                 ("sync", "gap", "fp16"): "tab:green", ("sync", "fc4096", "none"): "tab:purple",
-                ("async", "fc4096", "none"): "tab:brown", ("sync", "fc4096", "fp16"): "tab:olive"}
-CONV_COLORS = {("sync", "none"): "tab:blue", ("sync", "fp16"): "tab:green", ("async", "none"): "tab:orange"}
+                ("async", "fc4096", "none"): "tab:brown", ("sync", "fc4096", "fp16"): "tab:olive",
+                ("async_allreduce", "gap", "none"): "tab:red", ("async_allreduce", "fc4096", "none"): "tab:pink"}
+CONV_COLORS = {("sync", "none"): "tab:blue", ("sync", "fp16"): "tab:green", ("async", "none"): "tab:orange",
+               ("async_allreduce", "none"): "tab:red"}
 CONV_STYLES = {1: "--", 2: "-"}
 CONV_KEY = ["mode", "num_workers", "compression"]
 
@@ -39,7 +42,7 @@ def _save(fig: plt.Figure, path: str) -> plt.Figure:
 
 
 def group_label(r) -> str:
-    extra = ", fp16" if r["compression"] == "fp16" else ""
+    extra = f", {r['compression']}" if r["compression"] != "none" else ""
     extra += f", {int(r['num_ps'])} PS" if r["mode"] == "async" else ""
     return f"{r['mode']} {r['head']}{extra}"
 
@@ -223,7 +226,7 @@ def plot_staleness(df: pd.DataFrame, path: str) -> plt.Figure | None:
 
 
 def conv_label(mode: str, p: int, compression: str) -> str:
-    return f"{mode} p={p}" + (", fp16" if compression == "fp16" else "")
+    return f"{mode} p={p}" + (f", {compression}" if compression != "none" else "")
 
 
 def plot_accuracy_curves(runs: pd.DataFrame, target: float, path: str, x: str = "wall_s") -> plt.Figure | None:
@@ -232,10 +235,12 @@ def plot_accuracy_curves(runs: pd.DataFrame, target: float, path: str, x: str = 
     epoch (thick line, its own marker) and the seeds' min–max (band); the target dashed."""
     if runs.empty:
         return None
-    panels = sorted({(m, c) for m, c in zip(runs["mode"], runs["compression"])}, key=lambda k: (k[0] != "sync", k[1] != "none"))
+    order = list(MODES)
+    panels = sorted({(m, c) for m, c in zip(runs["mode"], runs["compression"])},
+                    key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[1] != "none", k[1]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), sharex=True, sharey=True, squeeze=False)
-    for ax, (mode, comp) in zip(axes[0], panels):
-        color = CONV_COLORS.get((mode, comp), "tab:gray")
+    for i, (ax, (mode, comp)) in enumerate(zip(axes[0], panels)):
+        color = CONV_COLORS.get((mode, comp), SERIES_COLORS[i % len(SERIES_COLORS)])
         for p, g in runs[(runs["mode"] == mode) & (runs["compression"] == comp)].groupby("num_workers", sort=True):
             n_ep = int(g["epochs"].min())
             xs = np.array([[c[x] for c in curve[:n_ep]] for curve in g["curve"]], dtype=float)
@@ -249,7 +254,7 @@ def plot_accuracy_curves(runs: pd.DataFrame, target: float, path: str, x: str = 
             ax.fill_between(xs.mean(axis=0), ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.12, linewidth=0)
         ax.axhline(target, color="crimson", linestyle=":", linewidth=1.2, label=f"target {target:.0%} top-1")
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"{mode}" + (", fp16" if comp == "fp16" else ""))
+        ax.set_title(f"{mode}" + (f", {comp}" if comp != "none" else ""))
         ax.set_xlabel("wall-clock seconds since training start (evaluation included)" if x == "wall_s"
                       else "training images processed (all workers)")
         ax.grid(True, alpha=0.3)
@@ -395,4 +400,89 @@ def plot_gpu_projection(rows: dict[str, list[dict]], seed: dict, path: str) -> p
         ax.set_title(f"{name}: cnn11 {pts[0]['head']} head, batch {pts[0]['batch']} per GPU")
         ax.legend(fontsize=6.5, loc="lower left")
     fig.suptitle("Modeled GPUs (no measurement here): the measured-terms model of compare/scaling.py", fontsize=9)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------ the async all-reduce arm (issue 16)
+def pooled_histograms(df: pd.DataFrame, field: str) -> dict[int, dict[int, int]]:
+    """{workers: {value: count}} of a record histogram field (effective_batch, staleness), every ok main
+    async all-reduce run of that worker count pooled."""
+    ok = df[(df["status"] == "ok") & (df["mode"] == "async_allreduce") & (df["role"] == "main")]
+    out: dict[int, dict[int, int]] = {}
+    for _, r in ok.iterrows():
+        acc = out.setdefault(int(r["num_workers"]), {})
+        for k, v in (((r["_record"].get(field) or {}).get("histogram")) or {}).items():
+            acc[int(k)] = acc.get(int(k), 0) + int(v)
+    return {p: h for p, h in out.items() if h}
+
+
+def plot_async_allreduce(df: pd.DataFrame, path: str) -> plt.Figure | None:
+    """Two panels: sub-batches per update (the effective mini-batch) and staleness of each sub-batch, one bar
+    series per worker count, all repeats pooled (exact histograms from the records)."""
+    panels = (("effective_batch", "sub-batches summed into one update (all ranks)", "fraction of updates",
+               "Effective mini-batch"),
+              ("staleness", "staleness of a sub-batch (updates applied since its weights)", "fraction of sub-batches",
+               "Staleness"))
+    hists = {field: pooled_histograms(df, field) for field, *_ in panels}
+    if not any(hists.values()):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, (field, xlabel, ylabel, title) in zip(axes, panels):
+        h_by_p = hists[field]
+        width = 0.8 / max(1, len(h_by_p))
+        for i, (p, h) in enumerate(sorted(h_by_p.items())):
+            ks, total = sorted(h), sum(h.values())
+            mean = sum(k * v for k, v in h.items()) / total
+            ax.bar(np.array(ks) + (i - (len(h_by_p) - 1) / 2) * width, [h[k] / total for k in ks], width=width,
+                   color=SERIES_COLORS[i % len(SERIES_COLORS)],
+                   label=f"{p} worker{'s' if p > 1 else ''}: mean {mean:.2f} (n = {total})")
+        ax.set_xticks(sorted({k for h in h_by_p.values() for k in h}))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}, all repeats pooled")
+        ax.legend(fontsize=8)
+    fig.suptitle("Async all-reduce (the seed's method): what each update summed, and how stale it was")
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------ compressed gradients on modeled GPUs (issue 15)
+def plot_compression_projection(rows: dict[str, list[dict]], seed: dict, path: str) -> plt.Figure | None:
+    """One panel per head: each compression method's modeled efficiency (sync all-reduce, tsubame2.5) with its
+    band; the method's measured ratio and compress time carried over (compare/scaling.py: project).
+    rows: head -> scaling.projection_rows output of every method."""
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, len(rows), figsize=(6.4 * len(rows), 5.2), squeeze=False)
+    for ax, (head, rs) in zip(axes[0], rows.items()):
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="ideal (efficiency 1)")
+        methods = list(dict.fromkeys(r["compression"] for r in rs))
+        ends = []
+        for i, m in enumerate(methods):
+            pts = sorted((r for r in rs if r["compression"] == m), key=lambda r: r["p"])
+            p = np.array([r["p"] for r in pts], dtype=float)
+            color = SERIES_COLORS[i % len(SERIES_COLORS)]
+            ax.fill_between(p, [r["low"] / q for r, q in zip(pts, p)], [r["high"] / q for r, q in zip(pts, p)],
+                            color=color, alpha=0.12, linewidth=0)
+            ax.plot(p, [r["speedup"] / q for r, q in zip(pts, p)], "-", marker="osDv^<>"[i % 7], color=color,
+                    markersize=5, mfc="none", label=f"{m}: model; band: inputs varied")
+            ends.append([pts[-1]["speedup"] / p[-1], f"{m}: {pts[-1]['speedup']:.1f}x", color])
+        ends.sort(key=lambda e: e[0])
+        for k in range(1, len(ends)):  # nudge the end labels apart (linear axis)
+            ends[k][0] = max(ends[k][0], ends[k - 1][0] + 0.045)
+        for y, text, color in ends:
+            ax.annotate(text, (48, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7.5,
+                        color=color, annotation_clip=False)
+        bound = seed["speedup"] / seed["gpus"]
+        ax.plot([seed["gpus"]], [bound], marker="^", markersize=11, color="crimson", linestyle="none", zorder=6,
+                label=f"seed study: >{seed['speedup']:g}x at {seed['gpus']} GPUs, a lower bound")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(scaling.PROJECTION_GPUS))
+        ax.set_xticklabels([str(g) for g in scaling.PROJECTION_GPUS])
+        ax.set_xlabel("modeled GPUs (log2)")
+        ax.set_ylim(0, 1.12)
+        ax.set_ylabel("modeled efficiency = speedup / GPUs")
+        ax.set_title(f"{rs[0]['profile']}, sync all-reduce: cnn11 {head} head, batch {rs[0]['batch']} per GPU")
+        ax.legend(fontsize=6.5, loc="lower left")
+    fig.suptitle("Compressed gradients on modeled GPUs: each method's measured bytes ratio and compress time "
+                 "(per fp32 byte, this study's CPU workers) in the measured-terms model", fontsize=9)
     return _save(fig, path)
