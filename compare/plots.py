@@ -447,13 +447,13 @@ def plot_async_allreduce(df: pd.DataFrame, path: str) -> plt.Figure | None:
 
 # ------------------------------------------------------------------ compressed gradients on modeled GPUs (issue 15)
 def plot_compression_projection(rows: dict[str, list[dict]], seed: dict, path: str) -> plt.Figure | None:
-    """One panel per head: each compression method's modeled efficiency (sync all-reduce, tsubame2.5) with its
+    """One panel per workload (head, batch): each compression method's modeled efficiency (sync all-reduce, tsubame2.5) with its
     band; the method's measured ratio and compress time carried over (compare/scaling.py: project).
-    rows: head -> scaling.projection_rows output of every method."""
+    rows: workload label -> scaling.projection_rows output of every method (one panel each)."""
     if not rows:
         return None
     fig, axes = plt.subplots(1, len(rows), figsize=(6.4 * len(rows), 5.2), squeeze=False)
-    for ax, (head, rs) in zip(axes[0], rows.items()):
+    for ax, rs in zip(axes[0], rows.values()):
         ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="ideal (efficiency 1)")
         methods = list(dict.fromkeys(r["compression"] for r in rs))
         ends = []
@@ -481,7 +481,8 @@ def plot_compression_projection(rows: dict[str, list[dict]], seed: dict, path: s
         ax.set_xlabel("modeled GPUs (log2)")
         ax.set_ylim(0, 1.12)
         ax.set_ylabel("modeled efficiency = speedup / GPUs")
-        ax.set_title(f"{rs[0]['profile']}, sync all-reduce: cnn11 {head} head, batch {rs[0]['batch']} per GPU")
+        ax.set_title(f"{rs[0]['profile']}, sync all-reduce: cnn11 {rs[0]['head']} head, batch {rs[0]['batch']} per GPU",
+                     fontsize=9)
         ax.legend(fontsize=6.5, loc="lower left")
     fig.suptitle("Compressed gradients on modeled GPUs: each method's measured bytes ratio and compress time "
                  "(per fp32 byte, this study's CPU workers) in the measured-terms model", fontsize=9)

@@ -158,8 +158,8 @@ def test_report_draws_accuracy_vs_time_and_images_and_the_time_to_target_table(t
     assert "within 1 point of none (+0.0)" in row and "no prediction: no allreduce measurement" in row
     # the measured ratio and compress time carried to tsubame2.5: a curve and a row per method and head
     assert "![projection_compression.png](projection_compression.png)" in text
-    for head in ("gap", "fc4096"):
-        assert f"| {head} | none |" in text and f"| {head} | fp16 |" in text
+    for workload in ("gap, batch 64", "fc4096, batch 64", "fc4096, batch 4"):
+        assert f"| {workload} | none |" in text and f"| {workload} | fp16 |" in text
     assert "| tsubame2.5 | sync_allreduce |" in text  # GPU profiles: the measured-terms model
     # staleness: mean against the model's p - 1
     assert "| 2 | 3 | 1.00 |" in text and "model (p − 1)" in text
