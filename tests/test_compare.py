@@ -532,7 +532,10 @@ def test_tiny_study_then_report_end_to_end(tmp_path: Path):
     recs, rejected = record.read_valid(str(runs))
     assert rejected == 0 and not [(r["run_id"], r.get("error")) for r in recs if r["status"] != "ok"]
     assert {(r["mode"], r["num_workers"]) for r in recs if r["role"] == "main"} == {
-        ("sync", 1), ("sync", 2), ("async", 1), ("async", 2)}
+        ("sync", 1), ("sync", 2), ("async", 1), ("async", 2), ("async_allreduce", 1), ("async_allreduce", 2)}
+    ar2 = next(r for r in recs if r["mode"] == "async_allreduce" and r["num_workers"] == 2)  # issue 16's arm
+    assert ar2["sub_batches"] == 2 * 8 and ar2["effective_batch"]["n"] == ar2["updates"] > 0
+    assert ar2["staleness"]["n"] == 16 and len(set(ar2["weights_sha256"])) == 1 and ar2["updates_per_sec"] > 0
     assert sorted((r["role"], r["copies"]) for r in recs if r["role"] == "ceiling") == [("ceiling", 2)] * 2
     assert all(0 < r["mfu"] <= 1 for r in recs) and len({r["git_sha"] for r in recs}) == 1
     bench = json.loads((results / "e2e" / "allreduce.json").read_text())
@@ -546,7 +549,10 @@ def test_tiny_study_then_report_end_to_end(tmp_path: Path):
     assert rep.returncode == 0, rep.stderr[-3000:]
     text = (results / "e2e" / "report.md").read_text()
     assert "Points the model was not calibrated on" in text and "1-minute load average" in text
-    for png in ("measured.png", "projection.png", "staleness.png"):
+    ar = text.split("## Asynchronous all-reduce (the seed's method, issue 16)")[1].split("\n## ")[0]
+    assert "What the measurements say" in ar and next(line for line in ar.splitlines() if line.startswith("| 2 | 1 |"))
+    assert "| async_allreduce | gap | none | 1 | 1 |" in text  # predicted vs measured beside the other arms
+    for png in ("measured.png", "projection.png", "staleness.png", "async_allreduce.png"):
         assert (results / "e2e" / png).stat().st_size > 10_000
 
 
