@@ -357,6 +357,37 @@ ARM_STYLES = {"sync_allreduce": ("tab:blue", "o"), "async_allreduce": ("tab:gree
               "sync_ps": ("tab:purple", "s"), "async_ps": ("tab:orange", "v")}
 
 
+def efficiency_panel(ax, series: list[tuple[str, list[dict], str, str]], seed: dict) -> None:
+    """Modeled efficiency (speedup / GPUs) of each (tag, projection rows sorted by p, color, marker) with its
+    band, end labels nudged apart, the ideal line and the seed's lower bound (a triangle with an arrow up)."""
+    ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="ideal (efficiency 1)")
+    ends = []
+    for tag, pts, color, marker in series:
+        p = np.array([r["p"] for r in pts], dtype=float)
+        ax.fill_between(p, [r["low"] / q for r, q in zip(pts, p)], [r["high"] / q for r, q in zip(pts, p)],
+                        color=color, alpha=0.15, linewidth=0)
+        ax.plot(p, [r["speedup"] / q for r, q in zip(pts, p)], "-", marker=marker, color=color, markersize=5,
+                mfc="none", label=f"{tag}: model; band: inputs varied")
+        ends.append([pts[-1]["speedup"] / p[-1], f"{tag}: {pts[-1]['speedup']:.1f}x", color])
+    ends.sort(key=lambda e: e[0])
+    for k in range(1, len(ends)):  # nudge the end labels apart (linear axis)
+        ends[k][0] = max(ends[k][0], ends[k - 1][0] + 0.045)
+    for y, text, color in ends:
+        ax.annotate(text, (48, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7.5,
+                    color=color, annotation_clip=False)
+    bound = seed["speedup"] / seed["gpus"]
+    ax.plot([seed["gpus"]], [bound], marker="^", markersize=11, color="crimson", linestyle="none", zorder=6,
+            label=f"seed study: >{seed['speedup']:g}x at {seed['gpus']} GPUs (efficiency > {bound:.2f}), a lower bound")
+    ax.annotate("", xy=(seed["gpus"], min(1.0, bound + 0.2)), xytext=(seed["gpus"], bound),
+                arrowprops=dict(arrowstyle="->", color="crimson", lw=1.5))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(scaling.PROJECTION_GPUS))
+    ax.set_xticklabels([str(g) for g in scaling.PROJECTION_GPUS])
+    ax.set_xlabel("modeled GPUs (log2)")
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("modeled efficiency = speedup / GPUs")
+
+
 def plot_gpu_projection(rows: dict[str, list[dict]], seed: dict, path: str) -> plt.Figure | None:
     """One panel per GPU profile: each arm's modeled efficiency (speedup / GPUs) with its band (every
     assumed input varied alone over its stated range) and the seed's lower bound (>30x at 48 = 0.625).
@@ -367,36 +398,11 @@ def plot_gpu_projection(rows: dict[str, list[dict]], seed: dict, path: str) -> p
     names = list(rows)
     fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names), 5.2), squeeze=False)
     for ax, name in zip(axes[0], names):
-        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="ideal (efficiency 1)")
-        ends = []
-        arms = dict.fromkeys((r["arm"], r["shards"]) for r in rows[name])
-        for arm, shards in arms:
+        series = []
+        for arm, shards in dict.fromkeys((r["arm"], r["shards"]) for r in rows[name]):
             pts = sorted((r for r in rows[name] if (r["arm"], r["shards"]) == (arm, shards)), key=lambda r: r["p"])
-            color, marker = ARM_STYLES[arm]
-            tag = arm + (f" ({shards} PS)" if arm.endswith("ps") else "")
-            p = np.array([r["p"] for r in pts], dtype=float)
-            ax.fill_between(p, [r["low"] / q for r, q in zip(pts, p)], [r["high"] / q for r, q in zip(pts, p)],
-                            color=color, alpha=0.15, linewidth=0)
-            ax.plot(p, [r["speedup"] / q for r, q in zip(pts, p)], "-", marker=marker, color=color, markersize=5,
-                    mfc="none", label=f"{tag}: model; band: inputs varied")
-            ends.append([pts[-1]["speedup"] / p[-1], f"{tag}: {pts[-1]['speedup']:.1f}x", color])
-        ends.sort(key=lambda e: e[0])
-        for k in range(1, len(ends)):  # nudge the end labels apart (linear axis)
-            ends[k][0] = max(ends[k][0], ends[k - 1][0] + 0.045)
-        for y, text, color in ends:
-            ax.annotate(text, (48, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7.5,
-                        color=color, annotation_clip=False)
-        bound = seed["speedup"] / seed["gpus"]
-        ax.plot([seed["gpus"]], [bound], marker="^", markersize=11, color="crimson", linestyle="none", zorder=6,
-                label=f"seed study: >{seed['speedup']:g}x at {seed['gpus']} GPUs (efficiency > {bound:.2f}), a lower bound")
-        ax.annotate("", xy=(seed["gpus"], min(1.0, bound + 0.2)), xytext=(seed["gpus"], bound),
-                    arrowprops=dict(arrowstyle="->", color="crimson", lw=1.5))
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(list(scaling.PROJECTION_GPUS))
-        ax.set_xticklabels([str(g) for g in scaling.PROJECTION_GPUS])
-        ax.set_xlabel("modeled GPUs (log2)")
-        ax.set_ylim(0, 1.12)
-        ax.set_ylabel("modeled efficiency = speedup / GPUs")
+            series.append((arm + (f" ({shards} PS)" if arm.endswith("ps") else ""), pts, *ARM_STYLES[arm]))
+        efficiency_panel(ax, series, seed)
         ax.set_title(f"{name}: cnn11 {pts[0]['head']} head, batch {pts[0]['batch']} per GPU")
         ax.legend(fontsize=6.5, loc="lower left")
     fig.suptitle("Modeled GPUs (no measurement here): the measured-terms model of compare/scaling.py", fontsize=9)
@@ -454,33 +460,10 @@ def plot_compression_projection(rows: dict[str, list[dict]], seed: dict, path: s
         return None
     fig, axes = plt.subplots(1, len(rows), figsize=(6.4 * len(rows), 5.2), squeeze=False)
     for ax, rs in zip(axes[0], rows.values()):
-        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="ideal (efficiency 1)")
         methods = list(dict.fromkeys(r["compression"] for r in rs))
-        ends = []
-        for i, m in enumerate(methods):
-            pts = sorted((r for r in rs if r["compression"] == m), key=lambda r: r["p"])
-            p = np.array([r["p"] for r in pts], dtype=float)
-            color = SERIES_COLORS[i % len(SERIES_COLORS)]
-            ax.fill_between(p, [r["low"] / q for r, q in zip(pts, p)], [r["high"] / q for r, q in zip(pts, p)],
-                            color=color, alpha=0.12, linewidth=0)
-            ax.plot(p, [r["speedup"] / q for r, q in zip(pts, p)], "-", marker="osDv^<>"[i % 7], color=color,
-                    markersize=5, mfc="none", label=f"{m}: model; band: inputs varied")
-            ends.append([pts[-1]["speedup"] / p[-1], f"{m}: {pts[-1]['speedup']:.1f}x", color])
-        ends.sort(key=lambda e: e[0])
-        for k in range(1, len(ends)):  # nudge the end labels apart (linear axis)
-            ends[k][0] = max(ends[k][0], ends[k - 1][0] + 0.045)
-        for y, text, color in ends:
-            ax.annotate(text, (48, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7.5,
-                        color=color, annotation_clip=False)
-        bound = seed["speedup"] / seed["gpus"]
-        ax.plot([seed["gpus"]], [bound], marker="^", markersize=11, color="crimson", linestyle="none", zorder=6,
-                label=f"seed study: >{seed['speedup']:g}x at {seed['gpus']} GPUs, a lower bound")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(list(scaling.PROJECTION_GPUS))
-        ax.set_xticklabels([str(g) for g in scaling.PROJECTION_GPUS])
-        ax.set_xlabel("modeled GPUs (log2)")
-        ax.set_ylim(0, 1.12)
-        ax.set_ylabel("modeled efficiency = speedup / GPUs")
+        efficiency_panel(ax, [(m, sorted((r for r in rs if r["compression"] == m), key=lambda r: r["p"]),
+                               SERIES_COLORS[i % len(SERIES_COLORS)], "osDv^<>"[i % 7]) for i, m in enumerate(methods)],
+                         seed)
         ax.set_title(f"{rs[0]['profile']}, sync all-reduce: cnn11 {rs[0]['head']} head, batch {rs[0]['batch']} per GPU",
                      fontsize=9)
         ax.legend(fontsize=6.5, loc="lower left")

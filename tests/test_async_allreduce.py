@@ -137,6 +137,7 @@ def test_lost_rank_ends_the_job_with_an_error_not_a_hang(controller, results):
     (["--dataset", "cifar"], "unknown dataset"),
     (["--lr-warmup-epochs", "1"], "unrecognized arguments"),  # a sync-only option
     (["--per-worker-batch", "0"], "--per-worker-batch must be > 0"),
+    (["--compression", "powersgd:4"], "has Horovod's fp16 hook only"),  # not silently run uncompressed
 ])
 def test_bad_input_one_line_exit_2_nothing_written(args, words, results):
     proc = run([sys.executable, "-m", MODULE, *args, "--results-dir", str(results)], timeout=300)
