@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from compare import scaling  # noqa: E402
-from compare.frame import GROUP, per_run  # noqa: E402
+from compare.frame import GROUP, histogram_stats, per_run, pooled_histograms  # noqa: E402
 from compare.plan import MODES  # noqa: E402
 
 MODE_COLORS = {"sync": "tab:blue", "async": "tab:orange", "async_allreduce": "tab:red"}
@@ -198,14 +198,7 @@ def plot_projection(profiles: dict[str, scaling.Profile], seed: dict, shards: in
 
 # ------------------------------------------------------------------ async staleness, convergence
 def plot_staleness(df: pd.DataFrame, path: str) -> plt.Figure | None:
-    ok = df[(df["status"] == "ok") & (df["mode"] == "async") & (df["role"] == "main")]
-    hists: dict[int, dict[int, int]] = {}
-    for _, r in ok.iterrows():
-        h = ((r["_record"].get("staleness") or {}).get("histogram")) or {}
-        acc = hists.setdefault(int(r["num_workers"]), {})
-        for k, v in h.items():
-            acc[int(k)] = acc.get(int(k), 0) + int(v)
-    hists = {p: h for p, h in hists.items() if h}
+    hists = pooled_histograms(df, "async", "staleness")
     if not hists:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -410,18 +403,6 @@ def plot_gpu_projection(rows: dict[str, list[dict]], seed: dict, path: str) -> p
 
 
 # ------------------------------------------------------------------ the async all-reduce arm (issue 16)
-def pooled_histograms(df: pd.DataFrame, field: str) -> dict[int, dict[int, int]]:
-    """{workers: {value: count}} of a record histogram field (effective_batch, staleness), every ok main
-    async all-reduce run of that worker count pooled."""
-    ok = df[(df["status"] == "ok") & (df["mode"] == "async_allreduce") & (df["role"] == "main")]
-    out: dict[int, dict[int, int]] = {}
-    for _, r in ok.iterrows():
-        acc = out.setdefault(int(r["num_workers"]), {})
-        for k, v in (((r["_record"].get(field) or {}).get("histogram")) or {}).items():
-            acc[int(k)] = acc.get(int(k), 0) + int(v)
-    return {p: h for p, h in out.items() if h}
-
-
 def plot_async_allreduce(df: pd.DataFrame, path: str) -> plt.Figure | None:
     """Two panels: sub-batches per update (the effective mini-batch) and staleness of each sub-batch, one bar
     series per worker count, all repeats pooled (exact histograms from the records)."""
@@ -429,7 +410,7 @@ def plot_async_allreduce(df: pd.DataFrame, path: str) -> plt.Figure | None:
                "Effective mini-batch"),
               ("staleness", "staleness of a sub-batch (updates applied since its weights)", "fraction of sub-batches",
                "Staleness"))
-    hists = {field: pooled_histograms(df, field) for field, *_ in panels}
+    hists = {field: pooled_histograms(df, "async_allreduce", field) for field, *_ in panels}
     if not any(hists.values()):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -437,11 +418,10 @@ def plot_async_allreduce(df: pd.DataFrame, path: str) -> plt.Figure | None:
         h_by_p = hists[field]
         width = 0.8 / max(1, len(h_by_p))
         for i, (p, h) in enumerate(sorted(h_by_p.items())):
-            ks, total = sorted(h), sum(h.values())
-            mean = sum(k * v for k, v in h.items()) / total
-            ax.bar(np.array(ks) + (i - (len(h_by_p) - 1) / 2) * width, [h[k] / total for k in ks], width=width,
+            ks, st = sorted(h), histogram_stats(h)
+            ax.bar(np.array(ks) + (i - (len(h_by_p) - 1) / 2) * width, [h[k] / st["n"] for k in ks], width=width,
                    color=SERIES_COLORS[i % len(SERIES_COLORS)],
-                   label=f"{p} worker{'s' if p > 1 else ''}: mean {mean:.2f} (n = {total})")
+                   label=f"{p} worker{'s' if p > 1 else ''}: mean {st['mean']:.2f} (n = {st['n']})")
         ax.set_xticks(sorted({k for h in h_by_p.values() for k in h}))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)

@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from compare import calibration, hostload, plots, scaling
-from compare.frame import FrameError, failed_runs, load, mean_se, speedup_table, usable
+from compare.frame import (FrameError, failed_runs, histogram_stats, load, mean_se, pooled_histograms, speedup_table,
+                           usable)
 from compare.plan import MODES
 from compare.wording import GOAL, VERDICTS, difference, verdict
 
@@ -509,23 +510,6 @@ HYPOTHESIS = ("The seed's hypothesis: shortening the weight-update period matter
               "not the slowest rank's step.")
 
 
-def _pooled(recs: pd.Series, field: str) -> dict:
-    """mean (over every count), p95 and max of a record histogram field pooled over runs."""
-    h: dict[int, int] = {}
-    for r in recs:
-        for k, v in (((r.get(field) or {}).get("histogram")) or {}).items():
-            h[int(k)] = h.get(int(k), 0) + int(v)
-    total = sum(h.values())
-    if not total:
-        return {"mean": math.nan, "p95": math.nan, "max": math.nan}
-    ks, run = sorted(h), 0
-    for k in ks:
-        run += h[k]
-        if run >= 0.95 * total:
-            break
-    return {"mean": sum(k * v for k, v in h.items()) / total, "p95": k, "max": ks[-1]}
-
-
 def async_allreduce_section(df: pd.DataFrame, table: pd.DataFrame, val: pd.DataFrame, summary: pd.DataFrame,
                             profile, target: float) -> list[str]:
     ok = usable(df)
@@ -540,6 +524,7 @@ def async_allreduce_section(df: pd.DataFrame, table: pd.DataFrame, val: pd.DataF
           "Model: the local profile's async all-reduce arm (images/sec by compute alone, updates/sec by the "
           "all-reduce period).", ""]
     rows, facts = [], {}
+    hists = {f: pooled_histograms(df, "async_allreduce", f) for f in ("effective_batch", "staleness")}
     for p, g in ar.groupby("num_workers"):
         p = int(p)
         t = {m: table[(table["mode"] == m) & (table["num_workers"] == p) & (table["compression"] == "none")
@@ -548,7 +533,7 @@ def async_allreduce_section(df: pd.DataFrame, table: pd.DataFrame, val: pd.DataF
         ups = float(g["updates_per_sec"].mean())
         ups_se = mean_se(g["updates_per_sec"])
         sync_period = p * float(g["per_worker_batch"].iloc[0]) / ips["sync"][0]
-        eff, stale = _pooled(g["_record"], "effective_batch"), _pooled(g["_record"], "staleness")
+        eff, stale = (histogram_stats(hists[f].get(p, {})) for f in ("effective_batch", "staleness"))
         v = val[(val["mode"] == "async_allreduce") & (val["num_workers"] == p)] if not val.empty else val
         pred = None
         if profile is not None:
