@@ -43,6 +43,8 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _pm(v, se, spec: str = ".1f") -> str:
+    if fmt(v, spec) == "–":
+        return "–"
     return f"{fmt(v, spec)} ± {fmt(se, spec)}"
 
 
