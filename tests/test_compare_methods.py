@@ -299,7 +299,9 @@ def test_compression_preset_shape_end_to_end(tmp_path: Path):
     by = {r["compression"]: r for r in recs}
     assert set(by) == {"none", "topk:0.01"} and all(r["num_workers"] == 2 and r["mode"] == "sync" for r in recs)
     assert by["topk:0.01"]["bytes_sent_per_step"] < by["none"]["bytes_sent_per_step"]
-    assert by["topk:0.01"]["bytes_received_per_step"] == pytest.approx(2 * by["topk:0.01"]["bytes_sent_per_step"])
+    # an allgather returns both ranks' values (small tensors ride an allreduce: received = sent for those)
+    assert by["topk:0.01"]["bytes_received_per_step"] == pytest.approx(2 * by["topk:0.01"]["bytes_sent_per_step"],
+                                                                       rel=0.01)
     rep = subprocess.run([sys.executable, "-m", "compare", "report", "--results-dir", str(results), "--study",
                           "compression", "--profiles", "tsubame2.5"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=300)
