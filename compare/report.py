@@ -437,7 +437,7 @@ def accuracy_words(delta: float) -> str:
 
 
 def compression_section(df: pd.DataFrame, table: pd.DataFrame, summary: pd.DataFrame, val: pd.DataFrame,
-                        target: float, proj: dict[str, list[dict]]) -> list[str]:
+                        target: float, proj: dict[str, list[dict]], no_model: str) -> list[str]:
     """Per worker count with sync runs without and with compression: bytes per step (records), final held-out
     top-1 vs none's, time to target, compress time, images/sec and the local model; then the GPU projection."""
     ok = usable(df)
@@ -476,7 +476,7 @@ def compression_section(df: pd.DataFrame, table: pd.DataFrame, summary: pd.DataF
                          f"{fmt(final, '.3f')} ± {fmt(_summary_value(summary, 'sync', p, comp, 'final_sd'), '.3f')}",
                          "(baseline)" if comp == "none" else accuracy_words(final - none_final),
                          fmt(v.iloc[0]["predicted"]) if len(v) else "–",
-                         v.iloc[0]["verdict"] if len(v) else calibration.NO_BENCH])
+                         v.iloc[0]["verdict"] if len(v) else no_model])
         md += [f"{int(p)} workers:", "",
                md_table(["method", "runs", "sent kB/step", "received kB/step", "fewer bytes than none",
                          "compress ms/step", "images/sec", f"time to {target:.0%} (s)", "reached",
@@ -513,7 +513,7 @@ HYPOTHESIS = ("The seed's hypothesis: shortening the weight-update period matter
 
 
 def async_allreduce_section(df: pd.DataFrame, table: pd.DataFrame, val: pd.DataFrame, summary: pd.DataFrame,
-                            profile, target: float) -> list[str]:
+                            profile, target: float, no_model: str) -> list[str]:
     ok = usable(df)
     ar = ok[(ok["mode"] == "async_allreduce") & (ok["link"] == "")]
     if ar.empty:
@@ -551,7 +551,7 @@ def async_allreduce_section(df: pd.DataFrame, table: pd.DataFrame, val: pd.DataF
                      f"{fmt(eff['mean'], '.2f')} / {fmt(eff['p95'], '.0f')} / {fmt(eff['max'], '.0f')}",
                      f"{fmt(stale['mean'], '.2f')} / {fmt(stale['p95'], '.0f')} / {fmt(stale['max'], '.0f')}",
                      fmt(pred.images_per_sec) if pred else "–", fmt(pred.updates_per_sec, ".2f") if pred else "–",
-                     v.iloc[0]["verdict"] if len(v) else calibration.NO_BENCH])
+                     v.iloc[0]["verdict"] if len(v) else no_model])
     md += [md_table(["workers", "runs", "async all-reduce img/s", "sync img/s", "PS img/s", "ranks' compute img/s",
                      "updates/s", "update period ms (this / sync)", "effective batch mean / p95 / max (sub-batches)",
                      "staleness mean / p95 / max", "model img/s", "model updates/s", "model verdict (img/s)"], rows), ""]
@@ -720,8 +720,9 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
         md += [*gpu_model_section(gpus, seed), ""]
     if not conv.empty:
         md += [*convergence_section(conv, summary, target), ""]
-    md += compression_section(df, table, summary, val, target, comp_rows)
-    md += async_allreduce_section(df, table, val, summary, local, target)
+    no_model = calib.get("missing") or "no prediction"  # why a point has no local-model prediction
+    md += compression_section(df, table, summary, val, target, comp_rows, no_model)
+    md += async_allreduce_section(df, table, val, summary, local, target, no_model)
     stale = usable(df)
     stale = stale[(stale["mode"] == "async") & stale["staleness_mean"].notna()]
     if not stale.empty:

@@ -208,7 +208,7 @@ def test_async_allreduce_time_to_accuracy_beside_sync(tmp_path: Path):
     # sync reaches 90% at epoch 3 (4032 images, 9 s), async all-reduce at epoch 4 (5376 images, 8 s)
     assert "it needed 5376 images (sync 4032: ratio 1.33) and 8.0 s (sync 9.0 s: ratio 0.89)" in sec
     assert "| async_allreduce | 2 | none | 3/3 |" in text  # in the convergence table beside sync
-    assert "no prediction: no allreduce measurement" in sec
+    assert "no prediction: no sync 1-worker runs without compression to calibrate from" in sec
 
 
 # ------------------------------------------------------------------ issue 15 in the report
