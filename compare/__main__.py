@@ -1,6 +1,6 @@
 """`python -m compare run|report` (console script cnn11-compare). Bad input: one line, exit 2, nothing written.
 
-    python -m compare run [--cluster local|emulated|slurm] [--preset local|convergence|emulated] [--study NAME] ...
+    python -m compare run [--cluster local|emulated|slurm] [--preset local|convergence|emulated|compression] ...
     python -m compare report [--study NAME] [--results-dir DIR] ...
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import argparse
 import shlex
 import sys
 
-from compare.plan import CLUSTERS, EMULATED_RUNS, PRESETS, PlanError, preset
+from compare.plan import CLUSTERS, EMULATED_RUNS, MODES, PRESETS, PlanError, preset
 from compare.scaling import PROFILE_NAMES
 
 
@@ -63,12 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--convergence", action="store_true", help="= --preset convergence (time to accuracy on digits)")
     a("--study", default=None, help="results/<study>/ (default: the preset's name)")
     a("--results-dir", default=None, help="results root (default results; results/reference: curated, clean only)")
-    a("--modes", type=_list(str, ("sync", "async")))
+    a("--modes", type=_list(str, tuple(MODES)))
     a("--workers", type=_ints, help="worker counts, e.g. 1,2")
     a("--repeats", type=_number(int, 1, True))
     a("--heads", type=_list(str, ("gap", "fc4096")))
     a("--image-sizes", type=_ints)
-    a("--compressions", type=_list(str, ("none", "fp16")))
+    a("--compressions", type=_list(str),
+      help="sync arm: none, fp16, powersgd:R, topk:F[:W], sign (comma-separated; train.config checks each)")
     a("--width", type=_number(float, 0, False))
     a("--per-worker-batch", type=_number(int, 1, True))
     a("--epochs", type=_number(int, 1, True))
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--intra-op-threads", type=_number(int, 0, True), help="TensorFlow intra-op threads per process")
     a("--dataset", choices=("synthetic", "digits"))
     a("--lr", type=_number(float, 0, False), help="base learning rate per worker (sync scales it by p)")
+    a("--async-allreduce-lr", type=_number(float, 0, False),
+      help="base learning rate per sub-batch of the async all-reduce arm (default: --lr)")
     a("--no-ceiling", dest="ceiling", action="store_false", default=None, help="skip the side-by-side runs")
     a("--no-bench", dest="bench", action="store_false", default=None, help="skip the allreduce bench")
     a("--timeout", type=_number(float, 0, False), help="seconds per run")
@@ -110,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 RUN_FIELDS = ("study", "results_dir", "modes", "workers", "repeats", "heads", "image_sizes", "compressions",
               "width", "per_worker_batch", "epochs", "steps_per_epoch", "async_steps_per_epoch", "warmup_steps",
+              "async_allreduce_lr",
               "ps", "intra_op_threads", "dataset", "lr", "ceiling", "bench", "timeout", "load_interval_s",
               "links", "emulated_runs", "bench_reps", "bench_factors", "state_dir", "net_id", "keep_up")
 

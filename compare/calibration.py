@@ -1,7 +1,8 @@
 """Calibration: the model's inputs from a study's own measurements, in one module. No TensorFlow.
 
-local (and SLURM) studies: t_compute from the sync 1-worker runs, the async 1-worker update time, the
-contention kappa(p) from the side-by-side ceiling runs, alpha and B from allreduce.json. No allreduce
+local (and SLURM) studies: t_compute from the sync 1-worker runs, the async 1-worker update time, the async
+all-reduce 1-worker sub-batch time, the contention kappa(p) from the side-by-side ceiling runs, alpha and B
+from allreduce.json, each compression's cost from the sync records that ran it (compression_costs). No allreduce
 measurement: no local profile at all ("no prediction: no allreduce measurement"), never B = inf.
 emulated studies, per link rate: t1s, t1a and kappa from the runs that cross no link, made in the same
 pass over that link rate; alpha and B from that link's bench (linkbench-<link>-r<rep>.json).
@@ -18,6 +19,7 @@ import pandas as pd
 
 from compare import scaling
 from compare.frame import usable
+from train.config import parse_compression
 
 NO_BENCH = "no prediction: no allreduce measurement"
 
@@ -31,6 +33,27 @@ def load_bench(study_dir: str) -> dict | None:
         return None
     ok = isinstance(d, dict) and isinstance(d.get("alpha_s"), (int, float)) and isinstance(d.get("bw_Bps"), (int, float))
     return d if ok and d["bw_Bps"] > 0 else None
+
+
+def compression_costs(df: pd.DataFrame) -> dict[str, scaling.CompressionCost]:
+    """Each compression's cost from the study's ok sync records with >= 2 workers (issue 15): the medians of
+    the records' compression_ratio, compress time per fp32 gradient byte, and received/sent bytes over p
+    (1 for an allgather, 1/p for an allreduce)."""
+    ok = usable(df)
+    s = ok[(ok["mode"] == "sync") & (ok["num_workers"] >= 2) & ok["compression_ratio"].notna()
+           & ok["bytes_sent_per_step"].notna() & ok["trainable_params"].notna()]
+    out = {}
+    for comp, g in s.groupby("compression"):
+        grad = 4.0 * g["trainable_params"]
+        per_p = g["bytes_received_per_step"] / g["bytes_sent_per_step"] / g["num_workers"]
+        out[comp] = scaling.CompressionCost(
+            comp, ratio=float(g["compression_ratio"].median()),
+            compress_s_per_B=float((g["compress_time_s_per_step"].fillna(0.0) / grad).median()),
+            gather=bool(per_p.median() > 0.75),
+            overlapped=parse_compression(comp).method in scaling.HOOK_COMPRESSIONS,
+            source=f"median of {len(g)} sync run(s) at {'/'.join(map(str, sorted(set(g['num_workers'].astype(int)))))} "
+                   "workers (records' compression_ratio, compress_time_s_per_step, bytes received/sent)")
+    return out
 
 
 def ceiling_kappa(df: pd.DataFrame, solo_ips: float) -> dict[int, float]:
@@ -77,7 +100,7 @@ def calibrate_local(df: pd.DataFrame, table: pd.DataFrame, bench: dict | None,
     base = base[(base["width"] == width) & (base["image_size"] == image_size) & (base["per_worker_batch"] == batch)]
     ok = usable(df)
     same = ok[(ok["width"] == width) & (ok["image_size"] == image_size) & (ok["per_worker_batch"] == batch)]
-    workloads, overhead, solo_ips = {}, {}, None
+    workloads, overhead, sub, solo_ips = {}, {}, {}, None
     for _, row in base.iterrows():
         head = row["head"]
         rec = same[(same["mode"] == "sync") & (same["head"] == head)].iloc[0]
@@ -89,6 +112,11 @@ def calibrate_local(df: pd.DataFrame, table: pd.DataFrame, bench: dict | None,
                    & (table["per_worker_batch"] == batch) & (table["compression"] == "none")]
         if not a1.empty:
             overhead[head] = batch / a1.iloc[0]["ips"]  # the measured 1-worker async update time
+        r1 = table[(table["mode"] == "async_allreduce") & (table["num_workers"] == 1) & (table["head"] == head)
+                   & (table["width"] == width) & (table["image_size"] == image_size)
+                   & (table["per_worker_batch"] == batch) & (table["compression"] == "none")]
+        if not r1.empty:
+            sub[head] = batch / r1.iloc[0]["ips"]  # the measured 1-worker async all-reduce sub-batch time
     if "gap" in workloads and "fc4096" not in workloads:
         _fc4096_from_gap(workloads, overhead, same[(same["mode"] == "sync") & (same["head"] == "gap")].iloc[0],
                          image_size, width, batch)
@@ -108,7 +136,13 @@ def calibrate_local(df: pd.DataFrame, table: pd.DataFrame, bench: dict | None,
     ]
     info.update({"width": width, "image_size": image_size, "batch": batch, "kappa": kappa, "alpha": alpha,
                  "bw": bw, "overhead": overhead, "t_compute": {h: w.t_compute for h, w in workloads.items()}})
-    prof = scaling.local_profile(alpha, bw, workloads, kappa, overhead, cores, assumptions=info["assumptions"])
+    if sub:
+        info["assumptions"].append("async all-reduce: p ranks on p cores; the 1-worker sub-batch time (measured, "
+                                   "its communication thread included) times kappa(p); the rank never waits.")
+    costs = compression_costs(df)
+    info.update({"async_allreduce_sub": sub, "compressions": costs})
+    prof = scaling.local_profile(alpha, bw, workloads, kappa, overhead, cores, assumptions=info["assumptions"],
+                                 async_allreduce_sub=sub, compressions=costs)
     return prof, info
 
 

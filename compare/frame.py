@@ -18,7 +18,9 @@ from train import record
 
 GROUP = ["mode", "model", "width", "head", "image_size", "per_worker_batch", "compression", "num_ps", "link"]
 NUMERIC = ("images_per_sec", "images_per_sec_se", "step_p50", "trainable_params", "gradient_bytes",
-           "train_gflop_per_img", "num_workers", "image_size", "per_worker_batch", "mfu")
+           "train_gflop_per_img", "num_workers", "image_size", "per_worker_batch", "mfu", "updates_per_sec",
+           "compute_images_per_sec", "bytes_sent_per_step", "bytes_received_per_step",
+           "compression_ratio", "compress_time_s_per_step")
 
 
 class FrameError(ValueError):
@@ -48,7 +50,14 @@ def _row(r: dict) -> dict:
         "cpu_affinity": ",".join(map(str, r.get("cpu_affinity") or [])), "intra_op_threads": r.get("intra_op_threads"),
         "error": r.get("error"), "started_at": r.get("started_at"), "git_sha": r.get("git_sha"),
         "git_dirty": r.get("git_dirty"), "staleness_mean": stale.get("mean"), "staleness_p95": stale.get("p95"),
-        "staleness_max": stale.get("max"), "_record": r,
+        "staleness_max": stale.get("max"),
+        # async all-reduce (issue 16): update rate, the ranks' own compute rate (histograms: pooled_histograms)
+        "updates_per_sec": r.get("updates_per_sec"),
+        "compute_images_per_sec": r.get("compute_images_per_sec"),
+        # compressed gradients (issue 15): what each worker handed Horovod per step, and the compress time
+        "bytes_sent_per_step": r.get("bytes_sent_per_step"), "bytes_received_per_step": r.get("bytes_received_per_step"),
+        "compression_ratio": r.get("compression_ratio"), "compress_time_s_per_step": r.get("compress_time_s_per_step"),
+        "_record": r,
     }
 
 
@@ -118,3 +127,29 @@ def per_run(df: pd.DataFrame, row: pd.Series) -> pd.Series:
     for col in GROUP:
         mask &= ok[col] == row[col]
     return ok[mask]["images_per_sec"]
+
+
+def pooled_histograms(df: pd.DataFrame, mode: str, field: str) -> dict[int, dict[int, int]]:
+    """{workers: {value: count}} of a record's exact histogram field (staleness, effective_batch), every ok
+    main run of `mode` with that worker count pooled; worker counts without one are left out."""
+    ok = df[(df["status"] == "ok") & (df["mode"] == mode) & (df["role"] == "main")]
+    out: dict[int, dict[int, int]] = {}
+    for _, r in ok.iterrows():
+        acc = out.setdefault(int(r["num_workers"]), {})
+        for k, v in (((r["_record"].get(field) or {}).get("histogram")) or {}).items():
+            acc[int(k)] = acc.get(int(k), 0) + int(v)
+    return {p: h for p, h in out.items() if h}
+
+
+def histogram_stats(h: dict[int, int]) -> dict[str, float]:
+    """n, mean, p95 (the smallest value with 95% of the counts at or below it) and max of {value: count}."""
+    total = sum(h.values())
+    if not total:
+        return {"n": 0, "mean": math.nan, "p95": math.nan, "max": math.nan}
+    run, p95 = 0, max(h)
+    for k in sorted(h):
+        run += h[k]
+        if run >= 0.95 * total:
+            p95 = k
+            break
+    return {"n": total, "mean": sum(k * v for k, v in h.items()) / total, "p95": p95, "max": max(h)}

@@ -1,6 +1,7 @@
 """Backend `local`: every run a process tree on this machine, through the real launchers. No TensorFlow.
 
 sync:    horovodrun --gloo -np P -H localhost:P python -m compare.pin --cores C -- python -m train.sync_allreduce ...
+async_allreduce: the same, with python -m train.async_allreduce (the seed's method, issue 16)
 async:   taskset -c CORES python -m train.async_ps --workers P --ps S ...
 ceiling: P independent 1-worker sync runs side by side, one per core (role ceiling, copies P)
 bench:   the Horovod allreduce microbenchmark at np=2, once per study (allreduce.json)
@@ -28,6 +29,10 @@ class Stage:
     runs: list[Run]
     bench: tuple[list[str], str] | None
     cluster: Callable[[], ContextManager] = contextlib.nullcontext
+
+
+# The Horovod trainer of each mode launched through horovodrun (one rank pinned per core).
+HOROVOD_TRAINERS = {"sync": "train.sync_allreduce", "async_allreduce": "train.async_allreduce"}
 
 
 def child_env(python: str = sys.executable) -> dict[str, str]:
@@ -60,7 +65,8 @@ def trainer_flags(cfg: StudyConfig, run: Run, run_id: str) -> list[str]:
             "--intra-op-threads", str(cfg.intra_op_threads),
             "--results-dir", os.path.abspath(cfg.results_dir), "--study", cfg.study, "--run-id", run_id,
             "--role", run.role, "--copies", str(run.copies)] \
-        + (["--lr", repr(cfg.lr)] if cfg.lr else []) + (["--seed", str(run.repeat)] if cfg.seed_per_repeat else [])
+        + (["--lr", repr(cfg.lr_for(run.mode))] if cfg.lr_for(run.mode) else []) \
+        + (["--seed", str(run.repeat)] if cfg.seed_per_repeat else [])
 
 
 class LocalBackend:
@@ -101,8 +107,8 @@ class LocalBackend:
             return out
         [rid] = run.run_ids()
         use = ",".join(map(str, cores[:run.workers]))
-        if run.mode == "sync":
-            inner = [py, "-m", "train.sync_allreduce", *trainer_flags(cfg, run, rid)]
+        if run.mode in HOROVOD_TRAINERS:
+            inner = [py, "-m", HOROVOD_TRAINERS[run.mode], *trainer_flags(cfg, run, rid)]
             if pinned:
                 inner = [py, "-m", "compare.pin", "--cores", use, "--", *inner]
             return [(rid, [hvd, "--gloo", "-np", str(run.workers), "-H", f"localhost:{run.workers}", *inner])]

@@ -1,4 +1,4 @@
-"""The study: its configuration (one dataclass, three presets) and its grid of runs. No TensorFlow.
+"""The study: its configuration (one dataclass, four presets) and its grid of runs. No TensorFlow.
 
 A Run is one configuration of the grid; it starts one process (or, for the machine's parallel ceiling,
 `copies` independent processes side by side). Its study facts (role, copies, link) go into the records
@@ -15,8 +15,18 @@ import sys
 from dataclasses import dataclass
 
 from train import record
+from train.config import ConfigError, parse_compression
 
 CLUSTERS = ("local", "emulated", "slurm")
+# The study's three arms: mode name (a record's `mode`) -> what it is. Horovod runs sync and async_allreduce.
+MODES = {"sync": "sync ring-allreduce (Horovod)", "async": "async parameter servers (ParameterServerStrategy)",
+         "async_allreduce": "async all-reduce (the seed's method: compute never waits, Horovod allreduce thread)"}
+# Compressions a study runs per mode (None: every train/compression.py method). The PS strategy pushes fp32
+# gradients (train.async_ps refuses any other); the async all-reduce trainer has Horovod's fp16 hook only, and
+# the studies compare compression in the sync arm (issue 15), so it runs uncompressed.
+MODE_COMPRESSIONS: dict[str, tuple[str, ...] | None] = {"sync": None, "async": ("none",), "async_allreduce": ("none",)}
+# Backends that can launch each mode (the emulated and SLURM backends have no async all-reduce job script yet).
+MODE_CLUSTERS = {"sync": CLUSTERS, "async": CLUSTERS, "async_allreduce": ("local",)}
 # The emulated cluster's runs: sync 1 worker on 1 node / 2 workers on 2 nodes, async likewise (chief and
 # PS on node 1), and two independent 1-worker sync runs, one a node (how much the nodes slow each other).
 EMULATED_RUNS = ("sync-1n", "sync-2n", "async-1n", "async-2n", "ceil-2n")
@@ -32,7 +42,7 @@ class StudyConfig:
     study: str = "local"
     cluster: str = "local"
     results_dir: str = "results"
-    modes: tuple[str, ...] = ("sync", "async")
+    modes: tuple[str, ...] = tuple(MODES)
     workers: tuple[int, ...] = (1, 2)
     repeats: int = 3
     heads: tuple[str, ...] = ("gap",)
@@ -43,6 +53,7 @@ class StudyConfig:
     epochs: int = 1
     steps_per_epoch: int = 30         # 0: one pass over the training set (real datasets)
     async_steps_per_epoch: int = 0    # 0: as steps_per_epoch
+    async_allreduce_lr: float = 0.0   # base lr per sub-batch of the async all-reduce arm (0: as lr)
     warmup_steps: int = 5
     dataset: str = "synthetic"
     lr: float = 0.0                   # base learning rate per worker (0: the trainers' default)
@@ -80,6 +91,10 @@ class StudyConfig:
     def steps_for(self, mode: str) -> int:
         return self.async_steps_per_epoch if mode == "async" and self.async_steps_per_epoch else self.steps_per_epoch
 
+    def lr_for(self, mode: str) -> float:
+        """The base learning rate a mode's runs get (0: the trainer's default)."""
+        return self.async_allreduce_lr if mode == "async_allreduce" and self.async_allreduce_lr else self.lr
+
     def validate(self) -> "StudyConfig":
         if self.study in ("", ".", "..") or os.sep in self.study or self.study.startswith("."):
             raise PlanError(f"bad study name {self.study!r}")
@@ -88,6 +103,19 @@ class StudyConfig:
         bad = [v for v in self.links if not LINK_RE.fullmatch(v)]
         if self.cluster == "emulated" and (bad or not self.links):
             raise PlanError(f"--links: expected rates like 10gbit,1gbit,200mbit, got {','.join(self.links)!r}")
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise PlanError(f"--modes: choose from {','.join(MODES)}, got {','.join(self.modes)!r}")
+        for m in self.modes:
+            if self.cluster not in MODE_CLUSTERS[m]:
+                raise PlanError(f"mode {m} runs on the {'/'.join(MODE_CLUSTERS[m])} backend only, not {self.cluster}")
+        for c in self.compressions:
+            try:
+                parse_compression(c)
+            except ConfigError as e:
+                raise PlanError(f"--compressions: {e}") from None
+        if self.compressions and not any(runs_compression(m, c) for m in self.modes for c in self.compressions):
+            raise PlanError(f"no mode of {','.join(self.modes)} runs compression {','.join(self.compressions)}")
         bad = [r for r in self.emulated_runs if r not in EMULATED_RUNS]
         if bad or not self.emulated_runs:
             raise PlanError(f"--runs: choose from {','.join(EMULATED_RUNS)}, got {','.join(self.emulated_runs)!r}")
@@ -98,10 +126,18 @@ class StudyConfig:
 PRESETS: dict[str, dict] = {
     "local": {},
     # issue 6: sync vs async at 1 and 2 workers on digits to a target accuracy, 3 seeds, fp16 in the sync arm
-    "convergence": dict(dataset="digits", modes=("sync", "async"), workers=(1, 2), repeats=3,
+    # issue 16: the async all-reduce arm beside them, at the lr per sub-batch tests/test_async_allreduce.py
+    # documents as converging (0.005: stale gradients with momentum 0.9 need a smaller step than sync's)
+    "convergence": dict(dataset="digits", modes=("sync", "async", "async_allreduce"), workers=(1, 2), repeats=3,
                         compressions=("none", "fp16"), width=0.25, per_worker_batch=32, epochs=14,
-                        steps_per_epoch=0, warmup_steps=2, lr=0.01, ceiling=False, seed_per_repeat=True,
-                        compress_single_worker=False),
+                        steps_per_epoch=0, warmup_steps=2, lr=0.01, async_allreduce_lr=0.005, ceiling=False,
+                        seed_per_repeat=True, compress_single_worker=False),
+    # issue 15: each compression method vs none in the sync arm, 2 workers, 3 seeds, on digits (the recipe of
+    # the README's first accuracy check: lr 0.025 per worker, 25 epochs). No 1-worker runs: nothing is on the wire.
+    "compression": dict(dataset="digits", modes=("sync",), workers=(2,), repeats=3,
+                        compressions=("none", "fp16", "powersgd:4", "topk:0.01", "sign"), width=0.25,
+                        per_worker_batch=32, epochs=25, steps_per_epoch=0, warmup_steps=2, lr=0.025, ceiling=False,
+                        bench=False, seed_per_repeat=True, compress_single_worker=False, timeout=1200.0),
     # issue 8: 2 SLURM nodes in network namespaces, links shaped by tc
     "emulated": dict(cluster="emulated", heads=("fc4096",), width=0.25, per_worker_batch=32, repeats=1,
                      steps_per_epoch=12, async_steps_per_epoch=24, warmup_steps=2, timeout=300.0),
@@ -114,6 +150,9 @@ def preset(name: str, **overrides) -> StudyConfig:
         raise PlanError(f"unknown preset {name!r}; choose {', '.join(PRESETS)}")
     values = {"study": name, **PRESETS[name]}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("modes") is None:  # default modes: those the chosen backend can launch
+        cluster = values.get("cluster", "local")
+        values["modes"] = tuple(m for m in values.get("modes", tuple(MODES)) if cluster in MODE_CLUSTERS[m])
     return StudyConfig(**values).validate()
 
 
@@ -155,6 +194,12 @@ class Run:
                 "link": {"rate": self.link, "delay_ms": None, "nodes": 2 if self.link else None}}
 
 
+def runs_compression(mode: str, compression: str) -> bool:
+    """Whether the study runs `mode` with `compression` (MODE_COMPRESSIONS)."""
+    allowed = MODE_COMPRESSIONS[mode]
+    return allowed is None or compression in allowed
+
+
 def cores_available() -> list[int]:
     try:
         return sorted(os.sched_getaffinity(0))
@@ -172,8 +217,8 @@ def plan(cfg: StudyConfig) -> list[Run]:
         for head, size, comp in itertools.product(cfg.heads, cfg.image_sizes, cfg.compressions):
             for p in cfg.workers:
                 for mode in cfg.modes:
-                    if mode == "async" and comp != "none":
-                        continue  # the PS strategy pushes fp32 gradients; train.async_ps refuses fp16
+                    if not runs_compression(mode, comp):
+                        continue
                     if p == 1 and comp != "none" and not cfg.compress_single_worker:
                         continue
                     runs.append(Run("main", mode, p, head, size, comp, rep))

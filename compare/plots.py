@@ -18,16 +18,19 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from compare import scaling  # noqa: E402
-from compare.frame import GROUP, per_run  # noqa: E402
+from compare.frame import GROUP, histogram_stats, per_run, pooled_histograms  # noqa: E402
+from compare.plan import MODES  # noqa: E402
 
-MODE_COLORS = {"sync": "tab:blue", "async": "tab:orange"}
+MODE_COLORS = {"sync": "tab:blue", "async": "tab:orange", "async_allreduce": "tab:red"}
 SERIES_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"]
 HEAD_STYLES = {"gap": ("o", "-"), "fc4096": ("s", "-.")}
 LINK_COLORS = ["tab:green", "tab:blue", "tab:red", "tab:purple", "tab:brown", "tab:olive"]
 GROUP_COLORS = {("sync", "gap", "none"): "tab:blue", ("async", "gap", "none"): "tab:orange",
                 ("sync", "gap", "fp16"): "tab:green", ("sync", "fc4096", "none"): "tab:purple",
-                ("async", "fc4096", "none"): "tab:brown", ("sync", "fc4096", "fp16"): "tab:olive"}
-CONV_COLORS = {("sync", "none"): "tab:blue", ("sync", "fp16"): "tab:green", ("async", "none"): "tab:orange"}
+                ("async", "fc4096", "none"): "tab:brown", ("sync", "fc4096", "fp16"): "tab:olive",
+                ("async_allreduce", "gap", "none"): "tab:red", ("async_allreduce", "fc4096", "none"): "tab:pink"}
+CONV_COLORS = {("sync", "none"): "tab:blue", ("sync", "fp16"): "tab:green", ("async", "none"): "tab:orange",
+               ("async_allreduce", "none"): "tab:red"}
 CONV_STYLES = {1: "--", 2: "-"}
 CONV_KEY = ["mode", "num_workers", "compression"]
 
@@ -39,7 +42,7 @@ def _save(fig: plt.Figure, path: str) -> plt.Figure:
 
 
 def group_label(r) -> str:
-    extra = ", fp16" if r["compression"] == "fp16" else ""
+    extra = f", {r['compression']}" if r["compression"] != "none" else ""
     extra += f", {int(r['num_ps'])} PS" if r["mode"] == "async" else ""
     return f"{r['mode']} {r['head']}{extra}"
 
@@ -195,14 +198,7 @@ def plot_projection(profiles: dict[str, scaling.Profile], seed: dict, shards: in
 
 # ------------------------------------------------------------------ async staleness, convergence
 def plot_staleness(df: pd.DataFrame, path: str) -> plt.Figure | None:
-    ok = df[(df["status"] == "ok") & (df["mode"] == "async") & (df["role"] == "main")]
-    hists: dict[int, dict[int, int]] = {}
-    for _, r in ok.iterrows():
-        h = ((r["_record"].get("staleness") or {}).get("histogram")) or {}
-        acc = hists.setdefault(int(r["num_workers"]), {})
-        for k, v in h.items():
-            acc[int(k)] = acc.get(int(k), 0) + int(v)
-    hists = {p: h for p, h in hists.items() if h}
+    hists = pooled_histograms(df, "async", "staleness")
     if not hists:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -223,7 +219,7 @@ def plot_staleness(df: pd.DataFrame, path: str) -> plt.Figure | None:
 
 
 def conv_label(mode: str, p: int, compression: str) -> str:
-    return f"{mode} p={p}" + (", fp16" if compression == "fp16" else "")
+    return f"{mode} p={p}" + (f", {compression}" if compression != "none" else "")
 
 
 def plot_accuracy_curves(runs: pd.DataFrame, target: float, path: str, x: str = "wall_s") -> plt.Figure | None:
@@ -232,10 +228,12 @@ def plot_accuracy_curves(runs: pd.DataFrame, target: float, path: str, x: str = 
     epoch (thick line, its own marker) and the seeds' min–max (band); the target dashed."""
     if runs.empty:
         return None
-    panels = sorted({(m, c) for m, c in zip(runs["mode"], runs["compression"])}, key=lambda k: (k[0] != "sync", k[1] != "none"))
+    order = list(MODES)
+    panels = sorted({(m, c) for m, c in zip(runs["mode"], runs["compression"])},
+                    key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[1] != "none", k[1]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), sharex=True, sharey=True, squeeze=False)
-    for ax, (mode, comp) in zip(axes[0], panels):
-        color = CONV_COLORS.get((mode, comp), "tab:gray")
+    for i, (ax, (mode, comp)) in enumerate(zip(axes[0], panels)):
+        color = CONV_COLORS.get((mode, comp), SERIES_COLORS[i % len(SERIES_COLORS)])
         for p, g in runs[(runs["mode"] == mode) & (runs["compression"] == comp)].groupby("num_workers", sort=True):
             n_ep = int(g["epochs"].min())
             xs = np.array([[c[x] for c in curve[:n_ep]] for curve in g["curve"]], dtype=float)
@@ -249,7 +247,7 @@ def plot_accuracy_curves(runs: pd.DataFrame, target: float, path: str, x: str = 
             ax.fill_between(xs.mean(axis=0), ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.12, linewidth=0)
         ax.axhline(target, color="crimson", linestyle=":", linewidth=1.2, label=f"target {target:.0%} top-1")
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"{mode}" + (", fp16" if comp == "fp16" else ""))
+        ax.set_title(f"{mode}" + (f", {comp}" if comp != "none" else ""))
         ax.set_xlabel("wall-clock seconds since training start (evaluation included)" if x == "wall_s"
                       else "training images processed (all workers)")
         ax.grid(True, alpha=0.3)
@@ -352,6 +350,37 @@ ARM_STYLES = {"sync_allreduce": ("tab:blue", "o"), "async_allreduce": ("tab:gree
               "sync_ps": ("tab:purple", "s"), "async_ps": ("tab:orange", "v")}
 
 
+def efficiency_panel(ax, series: list[tuple[str, list[dict], str, str]], seed: dict) -> None:
+    """Modeled efficiency (speedup / GPUs) of each (tag, projection rows sorted by p, color, marker) with its
+    band, end labels nudged apart, the ideal line and the seed's lower bound (a triangle with an arrow up)."""
+    ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="ideal (efficiency 1)")
+    ends = []
+    for tag, pts, color, marker in series:
+        p = np.array([r["p"] for r in pts], dtype=float)
+        ax.fill_between(p, [r["low"] / q for r, q in zip(pts, p)], [r["high"] / q for r, q in zip(pts, p)],
+                        color=color, alpha=0.15, linewidth=0)
+        ax.plot(p, [r["speedup"] / q for r, q in zip(pts, p)], "-", marker=marker, color=color, markersize=5,
+                mfc="none", label=f"{tag}: model; band: inputs varied")
+        ends.append([pts[-1]["speedup"] / p[-1], f"{tag}: {pts[-1]['speedup']:.1f}x", color])
+    ends.sort(key=lambda e: e[0])
+    for k in range(1, len(ends)):  # nudge the end labels apart (linear axis)
+        ends[k][0] = max(ends[k][0], ends[k - 1][0] + 0.045)
+    for y, text, color in ends:
+        ax.annotate(text, (48, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7.5,
+                    color=color, annotation_clip=False)
+    bound = seed["speedup"] / seed["gpus"]
+    ax.plot([seed["gpus"]], [bound], marker="^", markersize=11, color="crimson", linestyle="none", zorder=6,
+            label=f"seed study: >{seed['speedup']:g}x at {seed['gpus']} GPUs (efficiency > {bound:.2f}), a lower bound")
+    ax.annotate("", xy=(seed["gpus"], min(1.0, bound + 0.2)), xytext=(seed["gpus"], bound),
+                arrowprops=dict(arrowstyle="->", color="crimson", lw=1.5))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(scaling.PROJECTION_GPUS))
+    ax.set_xticklabels([str(g) for g in scaling.PROJECTION_GPUS])
+    ax.set_xlabel("modeled GPUs (log2)")
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("modeled efficiency = speedup / GPUs")
+
+
 def plot_gpu_projection(rows: dict[str, list[dict]], seed: dict, path: str) -> plt.Figure | None:
     """One panel per GPU profile: each arm's modeled efficiency (speedup / GPUs) with its band (every
     assumed input varied alone over its stated range) and the seed's lower bound (>30x at 48 = 0.625).
@@ -362,37 +391,62 @@ def plot_gpu_projection(rows: dict[str, list[dict]], seed: dict, path: str) -> p
     names = list(rows)
     fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names), 5.2), squeeze=False)
     for ax, name in zip(axes[0], names):
-        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="ideal (efficiency 1)")
-        ends = []
-        arms = dict.fromkeys((r["arm"], r["shards"]) for r in rows[name])
-        for arm, shards in arms:
+        series = []
+        for arm, shards in dict.fromkeys((r["arm"], r["shards"]) for r in rows[name]):
             pts = sorted((r for r in rows[name] if (r["arm"], r["shards"]) == (arm, shards)), key=lambda r: r["p"])
-            color, marker = ARM_STYLES[arm]
-            tag = arm + (f" ({shards} PS)" if arm.endswith("ps") else "")
-            p = np.array([r["p"] for r in pts], dtype=float)
-            ax.fill_between(p, [r["low"] / q for r, q in zip(pts, p)], [r["high"] / q for r, q in zip(pts, p)],
-                            color=color, alpha=0.15, linewidth=0)
-            ax.plot(p, [r["speedup"] / q for r, q in zip(pts, p)], "-", marker=marker, color=color, markersize=5,
-                    mfc="none", label=f"{tag}: model; band: inputs varied")
-            ends.append([pts[-1]["speedup"] / p[-1], f"{tag}: {pts[-1]['speedup']:.1f}x", color])
-        ends.sort(key=lambda e: e[0])
-        for k in range(1, len(ends)):  # nudge the end labels apart (linear axis)
-            ends[k][0] = max(ends[k][0], ends[k - 1][0] + 0.045)
-        for y, text, color in ends:
-            ax.annotate(text, (48, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7.5,
-                        color=color, annotation_clip=False)
-        bound = seed["speedup"] / seed["gpus"]
-        ax.plot([seed["gpus"]], [bound], marker="^", markersize=11, color="crimson", linestyle="none", zorder=6,
-                label=f"seed study: >{seed['speedup']:g}x at {seed['gpus']} GPUs (efficiency > {bound:.2f}), a lower bound")
-        ax.annotate("", xy=(seed["gpus"], min(1.0, bound + 0.2)), xytext=(seed["gpus"], bound),
-                    arrowprops=dict(arrowstyle="->", color="crimson", lw=1.5))
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(list(scaling.PROJECTION_GPUS))
-        ax.set_xticklabels([str(g) for g in scaling.PROJECTION_GPUS])
-        ax.set_xlabel("modeled GPUs (log2)")
-        ax.set_ylim(0, 1.12)
-        ax.set_ylabel("modeled efficiency = speedup / GPUs")
+            series.append((arm + (f" ({shards} PS)" if arm.endswith("ps") else ""), pts, *ARM_STYLES[arm]))
+        efficiency_panel(ax, series, seed)
         ax.set_title(f"{name}: cnn11 {pts[0]['head']} head, batch {pts[0]['batch']} per GPU")
         ax.legend(fontsize=6.5, loc="lower left")
     fig.suptitle("Modeled GPUs (no measurement here): the measured-terms model of compare/scaling.py", fontsize=9)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------ the async all-reduce arm (issue 16)
+def plot_async_allreduce(df: pd.DataFrame, path: str) -> plt.Figure | None:
+    """Two panels: sub-batches per update (the effective mini-batch) and staleness of each sub-batch, one bar
+    series per worker count, all repeats pooled (exact histograms from the records)."""
+    panels = (("effective_batch", "sub-batches summed into one update (all ranks)", "fraction of updates",
+               "Effective mini-batch"),
+              ("staleness", "staleness of a sub-batch (updates applied since its weights)", "fraction of sub-batches",
+               "Staleness"))
+    hists = {field: pooled_histograms(df, "async_allreduce", field) for field, *_ in panels}
+    if not any(hists.values()):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, (field, xlabel, ylabel, title) in zip(axes, panels):
+        h_by_p = hists[field]
+        width = 0.8 / max(1, len(h_by_p))
+        for i, (p, h) in enumerate(sorted(h_by_p.items())):
+            ks, st = sorted(h), histogram_stats(h)
+            ax.bar(np.array(ks) + (i - (len(h_by_p) - 1) / 2) * width, [h[k] / st["n"] for k in ks], width=width,
+                   color=SERIES_COLORS[i % len(SERIES_COLORS)],
+                   label=f"{p} worker{'s' if p > 1 else ''}: mean {st['mean']:.2f} (n = {st['n']})")
+        ax.set_xticks(sorted({k for h in h_by_p.values() for k in h}))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}, all repeats pooled")
+        ax.legend(fontsize=8)
+    fig.suptitle("Async all-reduce (the seed's method): what each update summed, and how stale it was")
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------ compressed gradients on modeled GPUs (issue 15)
+def plot_compression_projection(rows: dict[str, list[dict]], seed: dict, path: str) -> plt.Figure | None:
+    """One panel per workload (head, batch): each compression method's modeled efficiency (sync all-reduce, tsubame2.5) with its
+    band; the method's measured ratio and compress time carried over (compare/scaling.py: project).
+    rows: workload label -> scaling.projection_rows output of every method (one panel each)."""
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, len(rows), figsize=(6.4 * len(rows), 5.2), squeeze=False)
+    for ax, rs in zip(axes[0], rows.values()):
+        methods = list(dict.fromkeys(r["compression"] for r in rs))
+        efficiency_panel(ax, [(m, sorted((r for r in rs if r["compression"] == m), key=lambda r: r["p"]),
+                               SERIES_COLORS[i % len(SERIES_COLORS)], "osDv^<>"[i % 7]) for i, m in enumerate(methods)],
+                         seed)
+        ax.set_title(f"{rs[0]['profile']}, sync all-reduce: cnn11 {rs[0]['head']} head, batch {rs[0]['batch']} per GPU",
+                     fontsize=9)
+        ax.legend(fontsize=6.5, loc="lower left")
+    fig.suptitle("Compressed gradients on modeled GPUs: each method's measured bytes ratio and compress time "
+                 "(per fp32 byte, this study's CPU workers) in the measured-terms model", fontsize=9)
     return _save(fig, path)

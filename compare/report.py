@@ -18,8 +18,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from compare import calibration, hostload, plots, scaling
-from compare.frame import FrameError, failed_runs, load, mean_se, speedup_table, usable
-from compare.wording import GOAL, VERDICTS, verdict
+from compare.frame import (FrameError, failed_runs, histogram_stats, load, mean_se, pooled_histograms, speedup_table,
+                           usable)
+from compare.plan import MODES
+from compare.wording import GOAL, VERDICTS, difference, verdict
 
 ReportError = FrameError  # bad input (no runs file, no valid run): one line, exit 2, nothing written
 
@@ -41,6 +43,8 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _pm(v, se, spec: str = ".1f") -> str:
+    if fmt(v, spec) == "–":
+        return "–"
     return f"{fmt(v, spec)} ± {fmt(se, spec)}"
 
 
@@ -135,9 +139,9 @@ def validation_table(table: pd.DataFrame, profile: scaling.Profile | None, calib
                                          r["compression"]).images_per_sec)
         except scaling.ModelError:
             preds.append(float("nan"))
-        # p = 1 points fix t_compute (sync) and the async update time: exact by construction
-        cal.append(int(r["num_workers"]) == 1 and r["compression"] == "none"
-                   and (r["mode"] == "sync" or r["head"] in profile.async_update))
+        # p = 1 points fix t_compute (sync), the async update time and the async all-reduce sub-batch time
+        fixed = {"sync": profile.workloads, "async": profile.async_update, "async_allreduce": profile.async_allreduce_sub}
+        cal.append(int(r["num_workers"]) == 1 and r["compression"] == "none" and r["head"] in fixed.get(r["mode"], {}))
     t["predicted"] = preds
     t["rel_error"] = (t["predicted"] - t["ips"]) / t["ips"]
     t["rel_se"] = t["ips_se"] / t["ips"]
@@ -154,7 +158,11 @@ def local_model_section(profile, calib: dict, val: pd.DataFrame) -> list[str]:
         [f"t_compute[{h}] = {t * 1e3:.1f} ms/step" for h, t in calib["t_compute"].items()]
         + [f"kappa = {{{', '.join(f'{p}: {k:.3f}' for p, k in sorted(calib['kappa'].items()))}}}",
            f"alpha = {calib['alpha'] * 1e6:.0f} us, B = {calib['bw'] / 1e9:.2f} GB/s (allreduce.json)"]
-        + [f"async 1-worker update[{h}] = {o * 1e3:.1f} ms" for h, o in calib["overhead"].items()]) + ".", ""]
+        + [f"async 1-worker update[{h}] = {o * 1e3:.1f} ms" for h, o in calib["overhead"].items()]
+        + [f"async all-reduce 1-worker sub-batch[{h}] = {o * 1e3:.1f} ms" for h, o in calib["async_allreduce_sub"].items()]
+        + [f"compression {c}: ratio {v.ratio:.1f}, {v.compress_s_per_B * 1e9:.2f} ns per fp32 byte, "
+           f"{'allgather' if v.gather else 'allreduce'}, {'during' if v.overlapped else 'after'} backward"
+           for c, v in calib["compressions"].items()]) + ".", ""]
     if val.empty:
         return md + ["No measured point to compare."]
     md.append(md_table(["mode", "head", "compression", "workers", "n", "measured img/s", "SE %", "predicted img/s",
@@ -367,6 +375,7 @@ def convergence_summary(runs: pd.DataFrame) -> pd.DataFrame:
                      **dict(zip(("images_mean", "images_sd", "images_min", "images_max"), im)),
                      "epoch_mean": hit["epoch"].mean() if len(hit) else math.nan,
                      "best_mean": g["best"].mean(), "final_mean": g["final"].mean(),
+                     "final_sd": g["final"].std(ddof=1) if len(g) > 1 else math.nan,
                      "ips_mean": pd.to_numeric(g["images_per_sec"], errors="coerce").mean()})
     return pd.DataFrame(rows)
 
@@ -377,8 +386,7 @@ def _spread(mean, sd, lo, hi, spec=".1f") -> str:
     return f"{fmt(mean, spec)} ± {fmt(sd, spec)} ({fmt(lo, spec)}–{fmt(hi, spec)})"
 
 
-def convergence_section(runs: pd.DataFrame, summary: pd.DataFrame, target: float, table: pd.DataFrame,
-                        val: pd.DataFrame, df: pd.DataFrame) -> list[str]:
+def convergence_section(runs: pd.DataFrame, summary: pd.DataFrame, target: float) -> list[str]:
     md = ["## Convergence: time and images to " f"{target:.0%} held-out top-1", "",
           "Every run evaluates the held-out split after every epoch; a run reaches the target at the first epoch "
           "whose held-out top-1 is at or above it (epoch-end times, evaluation included, since training start). "
@@ -398,33 +406,204 @@ def convergence_section(runs: pd.DataFrame, summary: pd.DataFrame, target: float
                      "yes" if r["reached"] else "**never** (within the epoch budget)", fmt(r["epoch"], ".0f"),
                      fmt(r["time_s"]), fmt(r["images"], ".0f"), fmt(r["best"], ".3f"), fmt(r["final"], ".3f")]
                     for _, r in runs.iterrows()])]
-    sync = table[(table["mode"] == "sync") & (table["link"] == "")]
-    both = [p for p in sorted(sync["num_workers"].unique())
-            if {"none", "fp16"} <= set(sync[sync["num_workers"] == p]["compression"])]
-    if both:
-        md += ["", "## fp16 gradient compression (sync arm)", "",
-               "Horovod's `hvd.Compression.fp16`: gradients cast to fp16 for the allreduce. Measured images/sec "
-               "(mean ± SE) and time to target (mean ± SD) without and with it; the local model's prediction "
-               "(n halved for fp16) with the verdict of the rule above.", ""]
-        rows = []
-        for p in both:
-            for comp in ("none", "fp16"):
-                m = sync[(sync["num_workers"] == p) & (sync["compression"] == comp)].iloc[0]
-                s = summary[(summary["mode"] == "sync") & (summary["num_workers"] == p) & (summary["compression"] == comp)]
-                v = val[(val["mode"] == "sync") & (val["num_workers"] == p) & (val["compression"] == comp)] \
-                    if not val.empty else val
-                rows.append([str(int(p)), comp, _pm(m["ips"], m["ips_se"]),
-                             _spread(*s.iloc[0][["time_mean", "time_sd", "time_min", "time_max"]]) if len(s) else "–",
-                             fmt(v.iloc[0]["predicted"]) if len(v) else "–",
-                             (fmt(v.iloc[0]["rel_error"] * 100, "+.1f") + "%") if len(v) else "–",
-                             v.iloc[0]["verdict"] if len(v) else calibration.NO_BENCH])
-        md.append(md_table(["workers", "compression", "measured img/s", "time to target (s)", "model img/s",
-                            "error", "verdict"], rows))
-        by = df[(df["status"] == "ok") & (df["mode"] == "sync")].groupby("compression")["gradient_bytes"].max()
-        if len(by):
-            md += ["", "Gradient bytes on the wire per exchange (record `gradient_bytes`): "
-                   + ", ".join(f"{c}: {int(b):,}" for c, b in by.items() if b == b) + "."]
     return md
+
+
+# ------------------------------------------------------------------ compressed gradients (issue 15)
+ACCURACY_TOLERANCE = 0.01  # "within 1 point of none's final held-out top-1"
+# (head, batch per GPU) of the compression projection: the GPU section's workload, the large fc4096 head, and
+# fc4096 at the small batch where the model has the interconnect bind (where fewer bytes can pay)
+COMPRESSION_WORKLOADS = (("gap", GPU_BATCH), ("fc4096", GPU_BATCH), ("fc4096", 4))
+
+
+def compression_projection_rows(costs: dict) -> dict[str, list[dict]]:
+    """tsubame2.5, sync all-reduce: each measured compression method's projection ('head, batch' -> rows),
+    when the study measured any method beyond none."""
+    if not any(c != "none" for c in costs):
+        return {}
+    methods = {"none": scaling.KNOWN_COMPRESSIONS["none"], **costs}
+    return {f"{h}, batch {b}": [r for c in methods.values()
+                                for r in scaling.projection_rows("tsubame2.5", h, b, "sync_allreduce", compression=c)]
+            for h, b in COMPRESSION_WORKLOADS}
+
+
+def accuracy_words(delta: float) -> str:
+    """A method's final held-out top-1 against none's (delta = method - none, a fraction)."""
+    if delta is None or math.isnan(delta):
+        return "–"
+    if delta >= -ACCURACY_TOLERANCE:
+        return f"within {ACCURACY_TOLERANCE * 100:.0f} point of none ({delta * 100:+.1f})"
+    return f"falls short of none by {-delta * 100:.1f} points"
+
+
+def compression_section(df: pd.DataFrame, table: pd.DataFrame, summary: pd.DataFrame, val: pd.DataFrame,
+                        target: float, proj: dict[str, list[dict]], no_model: str) -> list[str]:
+    """Per worker count with sync runs without and with compression: bytes per step (records), final held-out
+    top-1 vs none's, time to target, compress time, images/sec and the local model; then the GPU projection."""
+    ok = usable(df)
+    sync = ok[(ok["mode"] == "sync") & (ok["link"] == "")]
+    ps = [p for p in sorted(sync["num_workers"].unique())
+          if "none" in set(sync[sync["num_workers"] == p]["compression"])
+          and len(set(sync[sync["num_workers"] == p]["compression"])) > 1]
+    if not ps:
+        return []
+    md = ["## Gradient compression (sync arm, issue 15)", "",
+          "Per method, from the records: bytes each worker handed Horovod a step (`bytes_sent_per_step`; what it got "
+          "back: `bytes_received_per_step`) and that against none's, the compress + decompress time a step "
+          "(`compress_time_s_per_step`), images/sec (mean ± SE), time to target and the final held-out top-1 "
+          f"(mean ± SD over seeds) against none's: *within {ACCURACY_TOLERANCE * 100:.0f} point* or by how much it "
+          "falls short. The async PS arm has no compression: ParameterServerStrategy pushes fp32 gradients "
+          "through the variables' own apply ops and exposes no hook (its records say `compression_supported: false`).", ""]
+    for p in ps:
+        g = sync[sync["num_workers"] == p]
+        none_sent = g[g["compression"] == "none"]["bytes_sent_per_step"].mean()
+        none_final = _summary_value(summary, "sync", p, "none", "final_mean")
+        rows = []
+        for comp in sorted(set(g["compression"]), key=lambda c: (c != "none", c)):
+            m = g[g["compression"] == comp]
+            t = table[(table["mode"] == "sync") & (table["num_workers"] == p) & (table["compression"] == comp)
+                      & (table["link"] == "")]
+            v = val[(val["mode"] == "sync") & (val["num_workers"] == p) & (val["compression"] == comp)] \
+                if not val.empty else val
+            sent, final = m["bytes_sent_per_step"].mean(), _summary_value(summary, "sync", p, comp, "final_mean")
+            rows.append([comp, str(len(m)), fmt(sent / 1e3, ".1f"), fmt(m["bytes_received_per_step"].mean() / 1e3, ".1f"),
+                         fmt(none_sent / sent if sent else math.nan, ".1f", "–") + ("x" if sent and none_sent else ""),
+                         fmt(m["compress_time_s_per_step"].mean() * 1e3, ".1f"),
+                         _pm(t.iloc[0]["ips"], t.iloc[0]["ips_se"]) if len(t) else "–",
+                         _spread(*[_summary_value(summary, "sync", p, comp, k)
+                                   for k in ("time_mean", "time_sd", "time_min", "time_max")]),
+                         f"{fmt(_summary_value(summary, 'sync', p, comp, 'reached'), '.0f')}/{len(m)}",
+                         f"{fmt(final, '.3f')} ± {fmt(_summary_value(summary, 'sync', p, comp, 'final_sd'), '.3f')}",
+                         "(baseline)" if comp == "none" else accuracy_words(final - none_final),
+                         fmt(v.iloc[0]["predicted"]) if len(v) else "–",
+                         v.iloc[0]["verdict"] if len(v) else no_model])
+        md += [f"{int(p)} workers:", "",
+               md_table(["method", "runs", "sent kB/step", "received kB/step", "fewer bytes than none",
+                         "compress ms/step", "images/sec", f"time to {target:.0%} (s)", "reached",
+                         "final top-1 (mean ± SD)", "vs none", "local model img/s", "verdict"], rows), ""]
+    if proj:
+        md += ["### Compressed gradients on tsubame2.5 (modeled, not measured)", "",
+               "The measured-terms model's sync all-reduce (batch per GPU as given) with each method's measured "
+               "bytes ratio, its compress time per fp32 gradient "
+               "byte carried to the paper's gradient (an assumption: the band varies it from x"
+               f"{scaling.COMPRESS_SCALE_RANGE[0]:g} to x{scaling.COMPRESS_SCALE_RANGE[1]:g}, a GPU faster than this "
+               "CPU core at it up to as slow), an allgather's bytes growing with p (top-k), and no overlap with "
+               "backward for the methods that exchange after it. Speedup over one GPU (band):", "",
+               md_table(["workload", "method", "8 GPUs", "48 GPUs", "moves most @48"],
+                        [[h, r8["compression"], f"{r8['speedup']:.1f} ({r8['low']:.1f}–{r8['high']:.1f})",
+                          f"{r48['speedup']:.1f} ({r48['low']:.1f}–{r48['high']:.1f})", str(r48["most"] or "none")]
+                         for h, rs in proj.items()
+                         for r8, r48 in [(a, b) for a in rs for b in rs
+                                         if a["compression"] == b["compression"] and a["p"] == 8 and b["p"] == 48]]), ""]
+    return md
+
+
+def _summary_value(summary: pd.DataFrame, mode: str, p: int, comp: str, col: str) -> float:
+    if summary.empty or col not in summary:
+        return math.nan
+    s = summary[(summary["mode"] == mode) & (summary["num_workers"] == p) & (summary["compression"] == comp)]
+    return float(s.iloc[0][col]) if len(s) and pd.notna(s.iloc[0][col]) else math.nan
+
+
+# ------------------------------------------------------------------ the seed's async all-reduce (issue 16)
+HYPOTHESIS = ("The seed's hypothesis: shortening the weight-update period matters most for speed, at the price "
+              "of stale weights. The async all-reduce arm tests it: each rank computes without waiting and a "
+              "communication thread applies whatever has accumulated, so an update's period is the all-reduce's, "
+              "not the slowest rank's step.")
+
+
+def async_allreduce_section(df: pd.DataFrame, table: pd.DataFrame, val: pd.DataFrame, summary: pd.DataFrame,
+                            profile, target: float, no_model: str) -> list[str]:
+    ok = usable(df)
+    ar = ok[(ok["mode"] == "async_allreduce") & (ok["link"] == "")]
+    if ar.empty:
+        return []
+    md = ["## Asynchronous all-reduce (the seed's method, issue 16)", "", HYPOTHESIS, "",
+          "Measured beside the other arms at the same worker count (images/sec mean ± SE). An update's period: "
+          "1 / updates per second (sync: one update a global batch, so batch × workers / images per second). "
+          "Effective mini-batch: sub-batches summed into an update; staleness: updates applied between the weights "
+          "a sub-batch was computed on and its own update (exact histograms in the records, all runs pooled). "
+          "Model: the local profile's async all-reduce arm (images/sec by compute alone, updates/sec by the "
+          "all-reduce period).", ""]
+    rows, facts = [], {}
+    hists = {f: pooled_histograms(df, "async_allreduce", f) for f in ("effective_batch", "staleness")}
+    for p, g in ar.groupby("num_workers"):
+        p = int(p)
+        t = {m: table[(table["mode"] == m) & (table["num_workers"] == p) & (table["compression"] == "none")
+                      & (table["link"] == "")] for m in MODES}
+        ips = {m: (t[m].iloc[0]["ips"], t[m].iloc[0]["ips_se"]) if len(t[m]) else (math.nan, math.nan) for m in MODES}
+        ups = float(g["updates_per_sec"].mean())
+        ups_se = mean_se(g["updates_per_sec"])
+        sync_period = p * float(g["per_worker_batch"].iloc[0]) / ips["sync"][0]
+        eff, stale = (histogram_stats(hists[f].get(p, {})) for f in ("effective_batch", "staleness"))
+        v = val[(val["mode"] == "async_allreduce") & (val["num_workers"] == p)] if not val.empty else val
+        pred = None
+        if profile is not None:
+            try:
+                pred = profile.predict("async_allreduce", g["head"].iloc[0], p)
+            except scaling.ModelError:
+                pred = None
+        facts[p] = {"ips": ips, "period": 1 / ups if ups else math.nan, "sync_period": sync_period,
+                    "ups": ups, "ups_se": ups_se, "stale": stale, "eff": eff}
+        rows.append([str(p), str(len(g)), _pm(*ips["async_allreduce"]), _pm(*ips["sync"]), _pm(*ips["async"]),
+                     fmt(g["compute_images_per_sec"].mean()), _pm(ups, ups_se, ".2f"),
+                     f"{fmt(1e3 / ups if ups else math.nan, '.0f')} / {fmt(sync_period * 1e3, '.0f')}",
+                     f"{fmt(eff['mean'], '.2f')} / {fmt(eff['p95'], '.0f')} / {fmt(eff['max'], '.0f')}",
+                     f"{fmt(stale['mean'], '.2f')} / {fmt(stale['p95'], '.0f')} / {fmt(stale['max'], '.0f')}",
+                     fmt(pred.images_per_sec) if pred else "–", fmt(pred.updates_per_sec, ".2f") if pred else "–",
+                     v.iloc[0]["verdict"] if len(v) else no_model])
+    md += [md_table(["workers", "runs", "async all-reduce img/s", "sync img/s", "PS img/s", "ranks' compute img/s",
+                     "updates/s", "update period ms (this / sync)", "effective batch mean / p95 / max (sub-batches)",
+                     "staleness mean / p95 / max", "model img/s", "model updates/s", "model verdict (img/s)"], rows), ""]
+    md += hypothesis_words(facts, summary, target)
+    return md + [""]
+
+
+def hypothesis_words(facts: dict, summary: pd.DataFrame, target: float) -> list[str]:
+    """What the measured numbers say about the hypothesis, at the largest worker count measured for both arms."""
+    both = [p for p, f in facts.items() if p > 1 and not math.isnan(f["ips"]["sync"][0])]
+    if not both:
+        return ["What the measurements say: nothing yet — no multi-worker async all-reduce run with a sync run "
+                "beside it."]
+    p = max(both)
+    f = facts[p]
+    word, rel, se = difference(*f["ips"]["async_allreduce"], *f["ips"]["sync"])
+    speed = {"higher": f"**higher** than the sync arm's by {rel * 100:.1f}% (SE {se * 100:.1f}%: beyond 2 SE)",
+             "lower": f"**lower** than the sync arm's by {-rel * 100:.1f}% (SE {se * 100:.1f}%: beyond 2 SE)",
+             "indistinguishable": f"not distinguishable from the sync arm's ({rel * 100:+.1f}%, SE {se * 100:.1f}%: "
+                                  "within 2 SE)",
+             "untestable": f"{fmt(rel * 100, '+.1f')}% against the sync arm's, with no SE to test it"}[word]
+    period = f["period"] / f["sync_period"] if f["sync_period"] else math.nan
+    lines = ["What the measurements say (words from the numbers above):", "",
+             f"- At {p} workers the async all-reduce updated the weights every {fmt(f['period'] * 1e3, '.0f')} ms, "
+             f"the sync arm every {fmt(f['sync_period'] * 1e3, '.0f')} ms "
+             f"({'shorter' if period < 1 else 'not shorter'}: ratio {fmt(period, '.2f')}), summing "
+             f"{fmt(f['eff']['mean'], '.2f')} sub-batches an update.",
+             f"- Its images/sec was {speed}.",
+             f"- The price: its sub-batches were {fmt(f['stale']['mean'], '.2f')} updates stale on average "
+             f"(p95 {fmt(f['stale']['p95'], '.0f')}, max {fmt(f['stale']['max'], '.0f')}); the sync arm's are never stale."]
+    if not period < 1:
+        lines.append(f"- So at {p} workers here the update period was not shorter than the sync arm's: these runs do "
+                     "not test the hypothesis's speed claim.")
+    elif word == "higher":
+        lines.append(f"- So at {p} workers here a shorter update period came with more images/sec: consistent with "
+                     "the hypothesis's speed claim.")
+    else:
+        lines.append(f"- So at {p} workers here the shorter update period did not show as more images/sec "
+                     f"({'lower' if word == 'lower' else 'no difference beyond 2 SE' if word != 'untestable' else 'no SE'}):"
+                     " these runs do not support the hypothesis's speed claim.")
+    ar_img = _summary_value(summary, "async_allreduce", p, "none", "images_mean")
+    sy_img = _summary_value(summary, "sync", p, "none", "images_mean")
+    if not (math.isnan(ar_img) or math.isnan(sy_img)):
+        ar_t = _summary_value(summary, "async_allreduce", p, "none", "time_mean")
+        sy_t = _summary_value(summary, "sync", p, "none", "time_mean")
+        lines.append(f"- To {target:.0%} held-out top-1 it needed {ar_img:.0f} images (sync {sy_img:.0f}: ratio "
+                     f"{ar_img / sy_img:.2f}) and {fmt(ar_t)} s (sync {fmt(sy_t)} s: ratio {fmt(ar_t / sy_t, '.2f')}), "
+                     "means over the seeds that reached it (see the convergence table for the spread).")
+    elif not summary.empty:
+        lines.append(f"- Time to accuracy: no async all-reduce or sync run at {p} workers reached {target:.0%} "
+                     "(see the convergence table).")
+    return lines
 
 
 # ------------------------------------------------------------------ reference beside
@@ -490,6 +669,12 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
         figs["projection_gpus.png"] = plots.plot_gpu_projection(gpus, seed, os.path.join(out_dir, "projection_gpus.png"))
     figs["staleness.png"] = plots.plot_staleness(df, os.path.join(out_dir, "staleness.png"))
     conv = convergence_runs(df, target)
+    summary = convergence_summary(conv) if not conv.empty else pd.DataFrame()
+    comp_rows = compression_projection_rows(calib.get("compressions") or calibration.compression_costs(df))
+    if comp_rows:
+        figs["projection_compression.png"] = plots.plot_compression_projection(
+            comp_rows, seed, os.path.join(out_dir, "projection_compression.png"))
+    figs["async_allreduce.png"] = plots.plot_async_allreduce(df, os.path.join(out_dir, "async_allreduce.png"))
     if not conv.empty:
         for x, name in (("wall_s", "accuracy_vs_time.png"), ("images", "accuracy_vs_images.png")):
             figs[name] = plots.plot_accuracy_curves(conv, target, os.path.join(out_dir, name), x=x)
@@ -508,7 +693,7 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
     name = os.path.basename(os.path.normpath(study_dir))
     fails = failed_runs(df)
     n_ok = int((df["status"] == "ok").sum())
-    md = [f"# Scaling study `{name}`: sync ring-allreduce vs async parameter servers", "",
+    md = [f"# Scaling study `{name}`: " + " vs ".join(MODES[m] for m in MODES if m in set(df["mode"])), "",
           f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `compare report`"
           + (f" ({info['cluster']} backend)" if info.get("cluster") else "") + ".", "",
           "## Conditions", "", *conditions(study_dir, df, info, command, notes or []), "",
@@ -534,11 +719,14 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
     if gpus:
         md += [*gpu_model_section(gpus, seed), ""]
     if not conv.empty:
-        md += [*convergence_section(conv, convergence_summary(conv), target, table, val, df), ""]
+        md += [*convergence_section(conv, summary, target), ""]
+    no_model = calib.get("missing") or "no prediction"  # why a point has no local-model prediction
+    md += compression_section(df, table, summary, val, target, comp_rows, no_model)
+    md += async_allreduce_section(df, table, val, summary, local, target, no_model)
     stale = usable(df)
     stale = stale[(stale["mode"] == "async") & stale["staleness_mean"].notna()]
     if not stale.empty:
-        md += ["## Async staleness", "",
+        md += ["## Async staleness (parameter servers)", "",
                md_table(["workers", "runs", "mean", "p95", "max", "model (p − 1)"],
                         [[str(int(p)), str(len(g)), fmt(g["staleness_mean"].mean(), ".2f"),
                           fmt(g["staleness_p95"].mean(), ".1f"), fmt(g["staleness_max"].max(), ".0f"),

@@ -31,11 +31,58 @@ class ModelError(ValueError):
 
 
 # ------------------------------------------------------------------ communication
-def wire_bytes(grad_bytes_fp32: float, compression: str = "none") -> float:
-    """Bytes on the wire per gradient exchange: fp16 compression halves n."""
-    if compression not in ("none", "fp16"):
-        raise ModelError(f"unknown compression {compression!r}")
-    return grad_bytes_fp32 / 2 if compression == "fp16" else float(grad_bytes_fp32)
+# Horovod's Compression hook (none, fp16) runs per gradient while backward still runs, so its exchange can hide
+# behind backward; train/compression.py's stateful methods (powersgd, topk, sign) exchange after backward.
+HOOK_COMPRESSIONS = ("none", "fp16")
+
+
+@dataclass(frozen=True)
+class CompressionCost:
+    """What one compression method costs a step (issue 15): measured in a study's sync records with >= 2
+    workers (compare/calibration.py: compression_costs), or known (none, fp16).
+
+    ratio: fp32 gradient bytes / bytes a worker hands Horovod (record `compression_ratio`);
+    compress_s_per_B: compress + decompress seconds a step per fp32 gradient byte (record
+        `compress_time_s_per_step` / 4 x `trainable_params`);
+    gather: the exchange is an allgather (a worker receives p times what it sends: record
+        `bytes_received_per_step` / `bytes_sent_per_step` = p), so its bytes grow with p;
+    overlapped: it runs in Horovod's hook during backward (HOOK_COMPRESSIONS), else after backward.
+    """
+    method: str
+    ratio: float = 1.0
+    compress_s_per_B: float = 0.0
+    gather: bool = False
+    overlapped: bool = True
+    source: str = ""
+
+    def wire_bytes(self, grad_bytes_fp32: float, p: int = 2) -> float:
+        """n of the ring allreduce equal to one exchange: n / ratio; an allgather of m bytes a worker moves
+        (p-1) m through each link, as a ring allreduce of p m / 2 does (the same at p = 2)."""
+        m = grad_bytes_fp32 / self.ratio
+        return m * p / 2 if self.gather and p > 2 else m
+
+    def compress_s(self, grad_bytes_fp32: float) -> float:
+        return self.compress_s_per_B * grad_bytes_fp32
+
+
+KNOWN_COMPRESSIONS = {"none": CompressionCost("none", source="fp32 gradients"),
+                      "fp16": CompressionCost("fp16", 2.0, source="fp16 halves every gradient (Horovod's hook)")}
+
+
+def compression_cost(compression: "str | CompressionCost", measured: dict | None = None) -> CompressionCost:
+    """The cost of a compression: measured (a study's records) first, then the known ones; ModelError else."""
+    if isinstance(compression, CompressionCost):
+        return compression
+    costs = {**KNOWN_COMPRESSIONS, **(measured or {})}
+    if compression not in costs:
+        raise ModelError(f"unknown compression {compression!r} (no measured cost: no sync record of it with "
+                         "2+ workers)")
+    return costs[compression]
+
+
+def wire_bytes(grad_bytes_fp32: float, compression: "str | CompressionCost" = "none", p: int = 2) -> float:
+    """Bytes on the wire per gradient exchange (fp16 halves n; measured methods by their ratio)."""
+    return compression_cost(compression).wire_bytes(grad_bytes_fp32, p)
 
 
 def ring_bytes(n: float, p: int) -> float:
@@ -108,6 +155,7 @@ class Prediction:
     comm_s: float
     bound: str                # compute | comm | ps | cpu
     saturation_workers: float | None = None
+    updates_per_sec: float | None = None  # async all-reduce: set by the all-reduce period
 
 
 @dataclass
@@ -126,6 +174,9 @@ class Profile:
     # CPU sharing (local only): contention factor by worker count, async per-update overhead and its CPU
     kappa: dict[int, float] = field(default_factory=dict)
     async_update: dict[str, float] = field(default_factory=dict)  # by head: measured 1-worker update s
+    # async all-reduce (local): by head, the measured 1-worker sub-batch time (compute + its comm thread)
+    async_allreduce_sub: dict[str, float] = field(default_factory=dict)
+    compressions: dict[str, CompressionCost] = field(default_factory=dict)  # measured (issue 15)
     cores: int | None = None
     assumptions: list[str] = field(default_factory=list)
 
@@ -143,18 +194,22 @@ class Profile:
     def sync(self, head: str, p: int, compression: str = "none") -> Prediction:
         _check_p(p)
         w = self.workload(head)
-        n = wire_bytes(w.grad_bytes, compression)
+        c = compression_cost(compression, self.compressions)
+        n = c.wire_bytes(w.grad_bytes, p)
         t_c = w.t_compute * self.contention(p)
         t_comm = allreduce_time(n, p, self.per_node, self.alpha_intra, self.bw_intra,
                                 self.alpha_inter, self.bw_node)
-        step = sync_step_time(t_c, t_comm, self.overlap)
-        bound = "comm" if t_comm - min(t_comm, self.overlap * BACKWARD_FRACTION * t_c) > 0.1 * t_c else "compute"
-        return Prediction(p * w.batch / step, step, t_comm, bound)
+        extra = c.compress_s(w.grad_bytes) if p > 1 else 0.0  # nothing is compressed with nobody to send to
+        overlap = self.overlap if c.overlapped else 0.0  # after-backward exchanges hide nothing
+        step = sync_step_time(t_c, t_comm, overlap) + extra
+        exposed = t_comm - min(t_comm, overlap * BACKWARD_FRACTION * t_c) + extra
+        bound = "comm" if exposed > 0.1 * t_c else "compute"
+        return Prediction(p * w.batch / step, step, t_comm + extra, bound)
 
     def async_(self, head: str, p: int, shards: int = 1, compression: str = "none") -> Prediction:
         _check_p(p)
         w = self.workload(head)
-        n = wire_bytes(w.grad_bytes, compression)
+        n = compression_cost(compression, self.compressions).wire_bytes(w.grad_bytes)
         kappa = self.contention(p)
         if head in self.async_update:
             # Measured (local): the whole async cluster of p workers runs on p cores, so the
@@ -180,12 +235,27 @@ class Profile:
         sat = ps_saturation_workers(t_update, n, shards, bw_ps) if math.isfinite(bw_ps) else None
         return Prediction(rate * w.batch, t_update, t_push_pull, bound, sat)
 
+    def async_allreduce(self, head: str, p: int, compression: str = "none") -> Prediction:
+        """The seed's arm: images/sec set by compute alone (each rank never waits), updates/sec by the
+        all-reduce period max(t_allreduce, one sub-batch): the trainer accumulates without bound."""
+        _check_p(p)
+        w = self.workload(head)
+        c = compression_cost(compression, self.compressions)
+        t_sub = self.async_allreduce_sub.get(head, w.t_compute) * self.contention(p)
+        t_ar = allreduce_time(c.wire_bytes(w.grad_bytes, p), p, self.per_node, self.alpha_intra, self.bw_intra,
+                              self.alpha_inter, self.bw_node) + (c.compress_s(w.grad_bytes) if p > 1 else 0.0)
+        ips, ups, _ = async_allreduce_rate(p, w.batch, t_sub, t_ar, math.inf)
+        return Prediction(ips, 1.0 / ups, t_ar, "compute" if t_ar <= t_sub else "compute (comm sets the update rate)",
+                          updates_per_sec=ups)
+
     def predict(self, mode: str, head: str, p: int, shards: int = 1, compression: str = "none") -> Prediction:
         if mode == "sync":
             return self.sync(head, p, compression)
         if mode == "async":
             return self.async_(head, p, shards, compression)
-        raise ModelError(f"unknown mode {mode!r}; choose sync or async")
+        if mode == "async_allreduce":
+            return self.async_allreduce(head, p, compression)
+        raise ModelError(f"unknown mode {mode!r}; choose sync, async or async_allreduce")
 
     def speedup(self, mode: str, head: str, p: int, shards: int = 1, compression: str = "none") -> float:
         return (self.predict(mode, head, p, shards, compression).images_per_sec
@@ -266,7 +336,8 @@ def head_dense_counts(head: str, image_size: int, width: float, num_classes: int
 
 def local_profile(alpha: float, bw: float, workloads: dict[str, Workload], kappa: dict[int, float],
                   async_update: dict[str, float], cores: int, data: dict | None = None,
-                  assumptions: list[str] | None = None) -> Profile:
+                  assumptions: list[str] | None = None, async_allreduce_sub: dict[str, float] | None = None,
+                  compressions: dict[str, CompressionCost] | None = None) -> Profile:
     """The measured profile of this machine: one pinned core per worker, nodes of `cores` cores.
 
     alpha/bw from the allreduce microbenchmark are used within and between nodes (a cluster of
@@ -277,7 +348,8 @@ def local_profile(alpha: float, bw: float, workloads: dict[str, Workload], kappa
                    alpha_intra=alpha, bw_intra=bw, alpha_inter=alpha, bw_node=bw,
                    overlap=d["overlap"], bw_ps=0.0, workloads=workloads, sources=d["sources"],
                    kappa=dict(kappa), async_update=dict(async_update), cores=cores,
-                   assumptions=list(assumptions or []))
+                   assumptions=list(assumptions or []), async_allreduce_sub=dict(async_allreduce_sub or {}),
+                   compressions=dict(compressions or {}))
 
 
 # ------------------------------------------------------------------ sensitivity: the band on every projection
@@ -303,7 +375,8 @@ def varied(profile: Profile, name: str, value: float, how: str) -> Profile:
         factor = value
         wl = {h: dataclasses.replace(w, t_compute=w.t_compute * factor) for h, w in profile.workloads.items()}
         return dataclasses.replace(profile, workloads=wl,
-                                   async_update={h: t * factor for h, t in profile.async_update.items()})
+                                   async_update={h: t * factor for h, t in profile.async_update.items()},
+                                   async_allreduce_sub={h: t * factor for h, t in profile.async_allreduce_sub.items()})
     old = getattr(profile, name)
     return dataclasses.replace(profile, **{name: value if how == "=" else old * value})
 
@@ -517,7 +590,7 @@ def sync_ps_nic_bytes(n: float, nodes: int, shards: int) -> float:
 
 
 def async_allreduce_rate(p: int, batch: int, t_compute: float, t_allreduce: float,
-                         max_accumulate: int = 1) -> tuple[float, float, float]:
+                         max_accumulate: float = 1) -> tuple[float, float, float]:
     """The seed's own arm (SPRINT: MPI all-reduce run asynchronously, sub-batches accumulate while an
     all-reduce is in flight). Returns (images/s, updates/s, images per update).
 
@@ -651,13 +724,17 @@ def compute_s(terms: dict, v: dict[str, float], head: str, batch: int, paper: di
 
 
 def project(head: str, batch: int, arm: str, p: int, shards: int = 1, name: str = "tsubame2.5",
-            data: dict | None = None, values: dict[str, float] | None = None) -> dict:
+            data: dict | None = None, values: dict[str, float] | None = None,
+            compression: CompressionCost | None = None) -> dict:
     """Images/s and speedup over one GPU of one arm at p GPUs, with its terms and what bounds it.
 
     arms: sync_allreduce (Horovod ring, exposed comm from the ready curve, fused latency),
     async_allreduce (the seed's SPRINT scheme), sync_ps (tf_cnn_benchmarks distributed_replicated,
     S shards on the nodes, K80-fitted hidden share), async_ps (S full-duplex shards, PS service time,
     chief cap). bound: compute | interconnect | ps | chief.
+    compression (issue 15, the all-reduce arms): the exchange moves compression.wire_bytes(n, p); its compress
+    time (measured per fp32 byte on this study's CPU workers, times values["compress_scale"], default 1) is paid
+    every step; a method exchanging after backward (not Horovod's hook) hides nothing behind backward.
     """
     _check_p(p)
     if arm not in ARMS:
@@ -679,17 +756,23 @@ def project(head: str, batch: int, arm: str, p: int, shards: int = 1, name: str 
     out = {"head": head, "batch": batch, "arm": arm, "p": p, "shards": shards if arm.endswith("ps") else None,
            "t_compute_s": t_c, "one_gpu_ips": one}
     if arm in ("sync_allreduce", "async_allreduce"):
-        msgs = fused_messages(n, v["fusion_threshold_B"])
-        t_ar = allreduce_bw_time(n, p, per_node, bw_intra, bw_node) + fused_latency(
+        c = compression or KNOWN_COMPRESSIONS["none"]
+        n_wire = c.wire_bytes(n, p)
+        compress = c.compress_s(n) * v.get("compress_scale", 1.0) if p > 1 else 0.0
+        msgs = fused_messages(n_wire, v["fusion_threshold_B"])
+        t_ar = allreduce_bw_time(n_wire, p, per_node, bw_intra, bw_node) + fused_latency(
             msgs, p, per_node, v["alpha_intra_s"], v["alpha_inter_s"], v["cycle_time_s"])
+        out.update(compression=c.method, wire_bytes=n_wire, compress_s=compress)
         if arm == "sync_allreduce":
-            curve = terms["ready_curves"][head]["ready_curve"]
+            curve = terms["ready_curves"][head]["ready_curve"] if c.overlapped else None
             st = step_terms(t_c, p, comm_s=t_ar, backward_fraction=v["backward_fraction"], ready_curve=curve,
-                            overhead_s=v["overhead_s"], straggler_s=v["step_cv"] * t_c * normal_max_factor(p))
+                            overhead_s=v["overhead_s"] + compress,
+                            straggler_s=v["step_cv"] * t_c * normal_max_factor(p))
             ips = p * batch / st.step_s
-            bound = "interconnect" if st.exposed_s > 0.1 * st.step_s else "compute"
+            bound = "interconnect" if st.exposed_s + compress > 0.1 * st.step_s else "compute"
             out.update(comm_s=t_ar, exposed_s=st.exposed_s, step_s=st.step_s)
         else:
+            t_ar += compress  # the communication thread compresses too
             ips, upd, per_update = async_allreduce_rate(p, batch, t_c, t_ar, int(v["max_accumulate"]))
             bound = "interconnect" if t_ar / int(v["max_accumulate"]) > t_c else "compute"
             out.update(comm_s=t_ar, updates_per_s=upd, images_per_update=per_update)
@@ -769,30 +852,41 @@ def inputs_markdown(name: str = "tsubame2.5", data: dict | None = None) -> str:
 
 
 def projection_rows(name: str, head: str, batch: int, arm: str, shards: int = 1,
-                    gpus: tuple[int, ...] = PROJECTION_GPUS, data: dict | None = None) -> list[dict]:
+                    gpus: tuple[int, ...] = PROJECTION_GPUS, data: dict | None = None,
+                    compression: CompressionCost | None = None) -> list[dict]:
     """Speedup with its band at each GPU count (for the report's projection table and figure)."""
     data = data or load_profile_data()
     out = []
     for p in gpus:
-        b = projection_band(head, batch, arm, p, shards, name, data)
+        b = projection_band(head, batch, arm, p, shards, name, data, compression)
         out.append({"profile": name, "head": head, "batch": batch, "arm": arm, "shards": shards, "p": p,
+                    "compression": compression.method if compression else "none",
                     "speedup": b["value"], "low": b["low"], "high": b["high"], "most": b["most"]})
     return out
 
 
+# The compress time measured on this study's CPU workers, carried to a GPU per fp32 gradient byte: an
+# assumption, varied in the band from a GPU 10x faster at it to one as slow as the CPU core.
+COMPRESS_SCALE_RANGE = (0.1, 1.0)
+
+
 def projection_band(head: str, batch: int, arm: str, p: int = 48, shards: int = 1, name: str = "tsubame2.5",
-                    data: dict | None = None) -> dict:
+                    data: dict | None = None, compression: CompressionCost | None = None) -> dict:
     """Speedup at p with a band: each assumed input varied alone over its stated range (endpoints and
     midpoint), the others at their values. Returns value, low, high, per-input (low, high) and the
     input that moves the figure most (None when none moves it)."""
     data = data or load_profile_data()
     terms = measured_terms(name, data)
-    base = project(head, batch, arm, p, shards, name, data)["speedup"]
+    base = project(head, batch, arm, p, shards, name, data, compression=compression)["speedup"]
     by_input = {}
-    for k, spec in terms["inputs"].items():
-        lo, hi = spec["range"]
-        got = [project(head, batch, arm, p, shards, name, data, input_values(terms, **{k: x}))["speedup"]
-               for x in (lo, (lo + hi) / 2, hi)]
+    variations = [(k, spec["range"]) for k, spec in terms["inputs"].items()]
+    if compression is not None and compression.compress_s_per_B > 0:
+        variations.append(("compress_scale", COMPRESS_SCALE_RANGE))
+    for k, (lo, hi) in variations:
+        got = []
+        for x in (lo, (lo + hi) / 2, hi):
+            v = {**input_values(terms), k: x}
+            got.append(project(head, batch, arm, p, shards, name, data, v, compression)["speedup"])
         by_input[k] = (min(got + [base]), max(got + [base]))
     most = max(by_input, key=lambda k: by_input[k][1] - by_input[k][0])
     if by_input[most][1] - by_input[most][0] <= 1e-9 * max(abs(base), 1.0):

@@ -139,6 +139,7 @@ def test_lost_rank_ends_the_job_with_an_error_not_a_hang(controller, results):
     (["--checkpoint-dir", "/tmp/x"], "unrecognized arguments"),  # not offered: no resume in this arm yet
     (["--lr-warmup-epochs", "-1"], "--lr-warmup-epochs must be >= 0"),
     (["--per-worker-batch", "0"], "--per-worker-batch must be > 0"),
+    (["--compression", "powersgd:4"], "has Horovod's fp16 hook only"),  # not silently run uncompressed
 ])
 def test_bad_input_one_line_exit_2_nothing_written(args, words, results):
     proc = run([sys.executable, "-m", MODULE, *args, "--results-dir", str(results)], timeout=300)

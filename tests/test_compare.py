@@ -393,7 +393,8 @@ def test_plan_and_launcher_commands(tmp_path: Path):
     cfg = plan.StudyConfig(results_dir=str(tmp_path), repeats=2, python="/venv/bin/python")
     runs = plan.plan(cfg)
     main_runs = [r for r in runs if r.role == "main"]
-    assert len(main_runs) == 2 * 2 * 2 and [r.repeat for r in runs] == sorted(r.repeat for r in runs)
+    assert len(main_runs) == 3 * 2 * 2 and [r.repeat for r in runs] == sorted(r.repeat for r in runs)
+    assert {r.mode for r in main_runs} == {"sync", "async", "async_allreduce"}
     assert len({r.run_ids()[0] for r in main_runs}) == len(main_runs)
     backend = LocalBackend()
     sync2 = next(r for r in main_runs if r.mode == "sync" and r.workers == 2)
@@ -408,6 +409,12 @@ def test_plan_and_launcher_commands(tmp_path: Path):
     flags = dict(zip(inner, inner[1:]))
     assert flags["--run-id"] == rid and flags["--role"] == "main" and flags["--copies"] == "1"
     assert "--tag" not in argv and "--peak-gflops" not in argv
+    # the seed's async all-reduce: launched like the sync arm (horovodrun, one pinned rank a core)
+    ar2 = next(r for r in main_runs if r.mode == "async_allreduce" and r.workers == 2)
+    [(rid, argv)] = backend.commands(cfg, ar2)
+    assert argv[1:6] == ["--gloo", "-np", "2", "-H", "localhost:2"] and rid == ar2.run_ids()[0]
+    i = argv.index("train.async_allreduce")
+    assert argv[i - 2:i] == ["/venv/bin/python", "-m"] and dict(zip(argv, argv[1:]))["--run-id"] == rid
     async2 = next(r for r in main_runs if r.mode == "async" and r.workers == 2)
     [(_, argv)] = backend.commands(cfg, async2)
     i = argv.index("train.async_ps")
@@ -525,7 +532,10 @@ def test_tiny_study_then_report_end_to_end(tmp_path: Path):
     recs, rejected = record.read_valid(str(runs))
     assert rejected == 0 and not [(r["run_id"], r.get("error")) for r in recs if r["status"] != "ok"]
     assert {(r["mode"], r["num_workers"]) for r in recs if r["role"] == "main"} == {
-        ("sync", 1), ("sync", 2), ("async", 1), ("async", 2)}
+        ("sync", 1), ("sync", 2), ("async", 1), ("async", 2), ("async_allreduce", 1), ("async_allreduce", 2)}
+    ar2 = next(r for r in recs if r["mode"] == "async_allreduce" and r["num_workers"] == 2)  # issue 16's arm
+    assert ar2["sub_batches"] == 2 * 8 and ar2["effective_batch"]["n"] == ar2["updates"] > 0
+    assert ar2["staleness"]["n"] == 16 and len(set(ar2["weights_sha256"])) == 1 and ar2["updates_per_sec"] > 0
     assert sorted((r["role"], r["copies"]) for r in recs if r["role"] == "ceiling") == [("ceiling", 2)] * 2
     assert all(0 < r["mfu"] <= 1 for r in recs) and len({r["git_sha"] for r in recs}) == 1
     bench = json.loads((results / "e2e" / "allreduce.json").read_text())
@@ -539,7 +549,10 @@ def test_tiny_study_then_report_end_to_end(tmp_path: Path):
     assert rep.returncode == 0, rep.stderr[-3000:]
     text = (results / "e2e" / "report.md").read_text()
     assert "Points the model was not calibrated on" in text and "1-minute load average" in text
-    for png in ("measured.png", "projection.png", "staleness.png"):
+    ar = text.split("## Asynchronous all-reduce (the seed's method, issue 16)")[1].split("\n## ")[0]
+    assert "What the measurements say" in ar and next(line for line in ar.splitlines() if line.startswith("| 2 | 1 |"))
+    assert "| async_allreduce | gap | none | 1 | 1 |" in text  # predicted vs measured beside the other arms
+    for png in ("measured.png", "projection.png", "staleness.png", "async_allreduce.png"):
         assert (results / "e2e" / png).stat().st_size > 10_000
 
 

@@ -88,8 +88,14 @@ def test_convergence_preset_plans_seeds_lr_and_fp16_for_sync_only(tmp_path):
     runs = plan.plan(cfg)
     kinds = {(r.mode, r.workers, r.compression) for r in runs}
     assert kinds == {("sync", 1, "none"), ("sync", 2, "none"), ("sync", 2, "fp16"),
-                     ("async", 1, "none"), ("async", 2, "none")}  # fp16 at 1 worker: nothing on the wire
-    assert len(runs) == 5 * 3 and all(r.role == "main" for r in runs)
+                     ("async", 1, "none"), ("async", 2, "none"),  # fp16 at 1 worker: nothing on the wire
+                     ("async_allreduce", 1, "none"), ("async_allreduce", 2, "none")}  # issue 16's arm
+    assert len(runs) == 7 * 3 and all(r.role == "main" for r in runs)
+    # the async all-reduce arm at the lr per sub-batch tests/test_async_allreduce.py documents (0.005)
+    ar = next(r for r in runs if r.mode == "async_allreduce" and r.workers == 2 and r.repeat == 1)
+    [(_, argv)] = LocalBackend().commands(cfg, ar)
+    flags = dict(zip(argv, argv[1:]))
+    assert "train.async_allreduce" in argv and float(flags["--lr"]) == 0.005 and flags["--seed"] == "1"
     r2 = next(r for r in runs if r.repeat == 2 and r.mode == "async")
     [(rid, argv)] = LocalBackend().commands(cfg, r2)
     flags = dict(zip(argv, argv[1:]))
@@ -114,6 +120,10 @@ def conv_records() -> list[dict]:
                       "images": 1344 * (e + 1), "loss": 1.0, "top1": a, "top5": 1.0, "val_loss": 1.0,
                       "val_top1": a, "val_top5": 1.0} for e, a in enumerate(acc)]
             extra = {}
+            if mode == "sync" and p == 2:  # what the sync trainer records (train/compression.py), fp16 halves it
+                sent = 627706 * (2 if comp == "fp16" else 4)
+                extra.update(bytes_sent_per_step=sent, bytes_received_per_step=sent, compression_ratio=4 * 627706 / sent,
+                             compress_time_s_per_step=0.002 if comp == "fp16" else 0.0)
             if mode == "async":
                 extra["staleness"] = {"mean": p - 1, "p95": p - 1, "max": p, "histogram": {str(p - 1): 100}}
             out.append(rec(f"{mode}-p{p}-{comp}-r{seed}", mode, p, 100.0 * p * (1.1 if comp == "fp16" else 1.0),
@@ -139,11 +149,17 @@ def test_report_draws_accuracy_vs_time_and_images_and_the_time_to_target_table(t
     assert "| async | 2 | none | 2/3 | 8.2 ± 0.3 (8.0–8.4) |" in text
     never = next(l for l in text.splitlines() if l.startswith("| async-p2-none-r2 |"))
     assert "**never**" in never and "0.700" in never
-    # fp16: measured img/s with and without, time to target; no allreduce bench here: no model prediction
-    assert "## fp16 gradient compression (sync arm)" in text
-    row = next(l for l in text.splitlines() if l.startswith("| 2 | fp16 | 220.0 ± 0.0 |"))
-    assert "8.4 ± 0.4 (8.0–8.8)" in row and "no prediction: no allreduce measurement" in row
-    assert "none: 2,510,824" in text and "fp16: 1,255,412" in text
+    # fp16: bytes a step from the records, measured img/s, time to target, final top-1 against none's; no
+    # allreduce bench here: no local model prediction
+    assert "## Gradient compression (sync arm, issue 15)" in text
+    two = text.split("## Gradient compression")[1].split("2 workers:")[1]
+    row = next(l for l in two.splitlines() if l.startswith("| fp16 | 3 |"))
+    assert "| 1255.4 | 1255.4 | 2.0x | 2.0 | 220.0 ± 0.0 | 8.4 ± 0.4 (8.0–8.8) | 3/3 | 0.950 ± 0.000 |" in row, row
+    assert "within 1 point of none (+0.0)" in row and "no prediction: no allreduce measurement" in row
+    # the measured ratio and compress time carried to tsubame2.5: a curve and a row per method and head
+    assert "![projection_compression.png](projection_compression.png)" in text
+    for workload in ("gap, batch 64", "fc4096, batch 64", "fc4096, batch 4"):
+        assert f"| {workload} | none |" in text and f"| {workload} | fp16 |" in text
     assert "| tsubame2.5 | sync_allreduce |" in text  # GPU profiles: the measured-terms model
     # staleness: mean against the model's p - 1
     assert "| 2 | 3 | 1.00 |" in text and "model (p − 1)" in text

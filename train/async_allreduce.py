@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.precision == "mixed_fp16":
             raise ValueError("--precision mixed_fp16 needs loss scaling, which this trainer lacks; "
                              "use fp32 or mixed_bf16")
+        if cfg.compression not in ("none", "fp16"):  # Async: train/compression.py's stateful methods are sync's
+            raise ValueError(f"--compression {cfg.compression}: this trainer has Horovod's fp16 hook only; "
+                             "use none or fp16")
         spec = data.describe(cfg)
     except (ValueError, OSError) as e:
         print(f"train.async_allreduce: error: {e}", file=sys.stderr)
