@@ -114,6 +114,8 @@ class StudyConfig:
                 parse_compression(c)
             except ConfigError as e:
                 raise PlanError(f"--compressions: {e}") from None
+        if self.cluster == "emulated" and set(self.compressions) != {"none"}:
+            raise PlanError("the emulated backend runs uncompressed gradients only (--compressions none)")
         if self.compressions and not any(runs_compression(m, c) for m in self.modes for c in self.compressions):
             raise PlanError(f"no mode of {','.join(self.modes)} runs compression {','.join(self.compressions)}")
         bad = [r for r in self.emulated_runs if r not in EMULATED_RUNS]

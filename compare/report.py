@@ -525,8 +525,22 @@ def async_allreduce_section(df: pd.DataFrame, table: pd.DataFrame, val: pd.DataF
           "a sub-batch was computed on and its own update (exact histograms in the records, all runs pooled). "
           "Model: the local profile's async all-reduce arm (images/sec by compute alone, updates/sec by the "
           "all-reduce period).", ""]
+    workload = ["head", "width", "image_size", "per_worker_batch"]
+    keys = sorted(set(map(tuple, ar[workload].itertuples(index=False))))
+    key = dict(zip(workload, keys[0]))  # one workload: the arms compared on the same one
+    md += [f"Workload: cnn11 {key['head']} head, width {key['width']:g}, {key['image_size']:.0f} px, batch "
+           f"{key['per_worker_batch']:.0f} per worker" + (f" ({len(keys) - 1} other workload(s) of this arm: see the "
+                                                           "measured table)" if len(keys) > 1 else "") + ".", ""]
+
+    def same(d: pd.DataFrame) -> pd.DataFrame:
+        mask = pd.Series(True, index=d.index)
+        for k, v in key.items():
+            mask &= d[k] == v
+        return d[mask]
+
+    ar, table = same(ar), same(table)
     rows, facts = [], {}
-    hists = {f: pooled_histograms(df, "async_allreduce", f) for f in ("effective_batch", "staleness")}
+    hists = {f: pooled_histograms(same(df), "async_allreduce", f) for f in ("effective_batch", "staleness")}
     for p, g in ar.groupby("num_workers"):
         p = int(p)
         t = {m: table[(table["mode"] == m) & (table["num_workers"] == p) & (table["compression"] == "none")
@@ -534,13 +548,14 @@ def async_allreduce_section(df: pd.DataFrame, table: pd.DataFrame, val: pd.DataF
         ips = {m: (t[m].iloc[0]["ips"], t[m].iloc[0]["ips_se"]) if len(t[m]) else (math.nan, math.nan) for m in MODES}
         ups = float(g["updates_per_sec"].mean())
         ups_se = mean_se(g["updates_per_sec"])
-        sync_period = p * float(g["per_worker_batch"].iloc[0]) / ips["sync"][0]
+        sync_period = p * float(key["per_worker_batch"]) / ips["sync"][0]
         eff, stale = (histogram_stats(hists[f].get(p, {})) for f in ("effective_batch", "staleness"))
-        v = val[(val["mode"] == "async_allreduce") & (val["num_workers"] == p)] if not val.empty else val
+        v = val[(val["mode"] == "async_allreduce") & (val["num_workers"] == p) & (val["head"] == key["head"])] \
+            if not val.empty else val
         pred = None
         if profile is not None:
             try:
-                pred = profile.predict("async_allreduce", g["head"].iloc[0], p)
+                pred = profile.predict("async_allreduce", key["head"], p)
             except scaling.ModelError:
                 pred = None
         facts[p] = {"ips": ips, "period": 1 / ups if ups else math.nan, "sync_period": sync_period,

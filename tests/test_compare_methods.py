@@ -56,6 +56,7 @@ def test_no_compressed_async_runs_are_planned(tmp_path: Path):
     (["--modes", "async_allreduce", "--cluster", "emulated"], "async_allreduce runs on the local backend only"),
     (["--modes", "ps"], "unknown value 'ps'"),
     (["--async-allreduce-lr", "0"], "--async-allreduce-lr"),
+    (["--preset", "compression", "--cluster", "emulated"], "emulated backend runs uncompressed gradients only"),
 ])
 def test_bad_method_arguments_one_line_exit_2_nothing_written(tmp_path: Path, capsys, args, words):
     with pytest.raises(SystemExit) as e:
