@@ -19,7 +19,6 @@ host CPU time every rank spent per step (what the emulation costs the machine).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import random
 import resource
