@@ -234,3 +234,17 @@ def test_quick_dilated_study_on_namespace_nodes(tmp_path):
     fid = json.loads((results / "q" / "fidelity.json").read_text())
     assert p.returncode == (0 if fid["ok"] else 1), p.stderr[-2000:]
     assert {c["check"] for c in fid["checks"]} >= {"dilation", "host load"}
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["-m", "train.dilated_step", "--dilation", "0"], "--dilation must be > 0"),
+    (["-m", "train.dilated_step", "--byte-dilation", "0"], "--byte-dilation must be >= 1"),
+    (["-m", "train.dilated_step", "--profile", "dgx"], "invalid choice"),
+    (["-m", "compare", "run", "--cluster", "dilated", "--profile", "dgx"], "--profile: choose"),
+    (["-m", "compare", "run", "--preset", "dilated-quick", "--byte-dilation", "1000000000"], "too slow to shape"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(argv, words, tmp_path):
+    p = subprocess.run([sys.executable, *argv, "--results-dir", str(tmp_path / "r")], cwd=ROOT, env=child_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
+    assert not (tmp_path / "r").exists()
