@@ -120,8 +120,9 @@ def rate_Bps(rate: str | None) -> float | None:
     return None if math.isnan(bps) else bps / 8
 
 
-def model_point(profile: str, head: str, batch: int, p: int) -> dict:
-    return scaling.project(head, batch, ARM, p, name=profile)
+def model_point(profile: str, head: str, batch: int, p: int, mode: str = "sync", shards: int = 1) -> dict:
+    """The model's point for the same profile: sync all-reduce, or the async PS arm with `shards` shards."""
+    return scaling.project(head, batch, ARM if mode == "sync" else "async_ps", p, shards=shards, name=profile)
 
 
 # ------------------------------------------------------------------ the plan and the backend
@@ -206,8 +207,9 @@ def fidelity(study_dir: str, max_d_change: float = 0.03, min_link_fraction: floa
     from compare.hostload import load_path, read
     from train import record
 
-    recs = dilated_records(record.read_valid(record.runs_path(os.path.dirname(os.path.normpath(study_dir)) or ".",
-                                                              os.path.basename(os.path.normpath(study_dir))))[0])
+    recs = [r for r in dilated_records(record.read_valid(record.runs_path(
+        os.path.dirname(os.path.normpath(study_dir)) or ".", os.path.basename(os.path.normpath(study_dir))))[0])
+        if r["mode"] == "sync"]  # the dilation check is made on the sync arm
     checks = []
     if recs:
         pmax = max(r["num_workers"] for r in recs)
@@ -289,16 +291,19 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
     md += [f"- {'pass' if c['ok'] else 'FAIL'}: {c['text']}" for c in fid["checks"]]
     md.append("")
     out_rows = []
-    for key in sorted({(r["dilation"]["profile"], r["head"], r["per_worker_batch"], r["dilation"]["K"],
-                        r["dilation"]["delay"]) for r in recs}):
-        profile, head, batch, k, delay = key
-        mine = [r for r in recs if (r["dilation"]["profile"], r["head"], r["per_worker_batch"], r["dilation"]["K"],
-                                    r["dilation"]["delay"]) == key]
+    def group(r: dict) -> tuple:
+        return (r["mode"], r["dilation"]["profile"], r["head"], r["per_worker_batch"], r["dilation"]["K"],
+                r["dilation"]["delay"], r["num_ps"])
+
+    for key in sorted({group(r) for r in recs}):
+        mode, profile, head, batch, k, delay, shards = key
+        mine = [r for r in recs if group(r) == key]
         d = min(r["dilation"]["D"] for r in mine)
         at_d = [r for r in mine if r["dilation"]["D"] == d]
         base = [r for r in at_d if r["num_workers"] == 1]
         b_ips, b_se = _mean_se(base) if base else (float("nan"), float("nan"))
-        md += [f"### {profile}, {head} head, batch {batch} per GPU, D = {d:g}, K = {k}, delays {delay}", "",
+        arm = ARM if mode == "sync" else f"async_ps, {shards} PS shard(s)"
+        md += [f"### {arm}: {profile}, {head} head, batch {batch} per GPU, D = {d:g}, K = {k}, delays {delay}", "",
                f"t_compute {at_d[0]['dilation']['t_compute_s'] * 1e3:.1f} ms per GPU step ({at_d[0]['dilation']['t_compute_source'][:160]}); "
                f"links shaped to {at_d[0]['dilation']['link_rate'] or 'none (one machine, unshaped)'} = B/(K·D) with B = "
                f"{at_d[0]['dilation']['emulated_link_Bps'] / 1e9:.2f} GB/s; {at_d[0]['dilation']['grad_tensors']} gradient tensors, "
@@ -310,16 +315,15 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
             ips, se = _mean_se(g)
             sp = ips / b_ips
             rel = math.sqrt((se / ips) ** 2 + ((b_se / b_ips) ** 2 if p > 1 else 0.0))
-            model = model_point(profile, head, batch, p)
-            terms = model_terms(profile, model)
+            model = model_point(profile, head, batch, p, mode, max(1, shards))
+            terms = model_terms(profile, model) if mode == "sync" else {}
             err = (model["speedup"] - sp) / sp
             dd = g[0]["dilation"]
             row = {"p": p, "nodes": dd["nodes"], "ips": ips, "se": se, "speedup": sp, "eff": sp / p, "rel_se": rel,
                    "model": model["speedup"], "terms": terms, "err": err, "verdict": verdict(err, rel),
-                   "exposed_ms": 1e3 * statistics_median([r["dilation"]["exposed_s_p50"] for r in g]),
-                   "host": max(r["dilation"]["host_busy_fraction"] for r in g),
-                   "host_cpu": max(r["dilation"]["host_cpu_s_per_step"] for r in g),
-                   "real_step": max(r["dilation"]["real_step_s"] for r in g), "n": len(g)}
+                   "exposed_ms": _stat(g, "exposed_s_p50", statistics_median, 1e3),
+                   "host": _stat(g, "host_busy_fraction", max), "host_cpu": _stat(g, "host_cpu_s_per_step", max),
+                   "real_step": _stat(g, "real_step_s", max), "n": len(g)}
             rows.append(row)
             out_rows.append({**row, "profile": profile, "head": head, "batch": batch, "D": d, "K": k})
         head_cols = ["p", "nodes", "runs", "emulated img/s", "speedup", "efficiency", "exposed comm (emulated ms)",
@@ -328,9 +332,10 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
             head_cols += ["model speedup", "model exposed / overhead / straggler (ms)", "error, SE: verdict"]
         md.append(md_table(head_cols, [
             [str(r["p"]), str(r["nodes"]), str(r["n"]), f"{r['ips']:.1f} ± {fmt(r['se'], '.1f')}", f"{r['speedup']:.2f}",
-             f"{r['eff']:.3f}", f"{r['exposed_ms']:.2f}", f"{r['real_step']:.2f}", f"{r['host_cpu']:.3f}",
-             f"{r['host']:.1%}"] + ([f"{r['model']:.2f}", " / ".join(f"{1e3 * r['terms'][k]:.1f}" for k in (
-                 "exposed_s", "overhead_s", "straggler_s")), sentence(r["err"], r["rel_se"])] if fid["ok"] else [])
+             f"{r['eff']:.3f}", fmt(r['exposed_ms'], ".2f"), fmt(r['real_step'], ".2f"), fmt(r['host_cpu'], ".3f"),
+             fmt(100 * r['host'], ".1f") + "%"] + ([f"{r['model']:.2f}", " / ".join(f"{1e3 * r['terms'][k]:.1f}" for k in (
+                 "exposed_s", "overhead_s", "straggler_s")) if r["terms"] else "–", sentence(r["err"], r["rel_se"])]
+                                                  if fid["ok"] else [])
             for r in rows]))
         md.append("")
     if fid["ok"]:
@@ -352,6 +357,11 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
            "inside a node (ranks on one node share memory, unshaped), NIC offload, and the host's own latencies "
            "divided by D.", ""]
     return md
+
+
+def _stat(g: list[dict], key: str, how, scale: float = 1.0) -> float:
+    v = [r["dilation"][key] for r in g if r["dilation"].get(key) is not None]
+    return how(v) * scale if v else float("nan")
 
 
 def model_terms(profile: str, point: dict) -> dict:
