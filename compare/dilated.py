@@ -127,15 +127,17 @@ def model_point(profile: str, head: str, batch: int, p: int, mode: str = "sync",
 
 # ------------------------------------------------------------------ the plan and the backend
 def plan_dilated(cfg: StudyConfig) -> list[Run]:
-    """Every p at D, then the largest p at 2D (the dilation check), repeat-major."""
+    """Every p at D (sync, and async when asked), then sync at the largest p at 2D (the dilation check),
+    repeat-major."""
     head, size = cfg.heads[0], cfg.image_sizes[0]
     runs = []
     for rep in range(cfg.repeats):
-        for d, ps in ((cfg.dilation, cfg.workers), (2 * cfg.dilation, (max(cfg.workers),))):
+        for d, ps, modes in ((cfg.dilation, cfg.workers, cfg.modes), (2 * cfg.dilation, (max(cfg.workers),), ("sync",))):
             link = dilated_rate(cfg.profile, cfg.byte_dilation, d)
             for p in ps:
-                runs.append(Run("main", "sync", p, head, size, "none", rep, link=link,
-                                nodes=math.ceil(p / cfg.ranks_per_node), dilation=d))
+                for mode in [m for m in ("sync", "async") if m in modes]:
+                    runs.append(Run("main", mode, p, head, size, "none", rep, link=link,
+                                    nodes=math.ceil(p / cfg.ranks_per_node), dilation=d))
     return runs
 
 
@@ -175,6 +177,8 @@ class DilatedBackend(EmulatedBackend):
 
     def commands(self, cfg: StudyConfig, run: Run) -> list[tuple[str, list[str]]]:
         [rid] = run.run_ids()
+        if run.mode == "async":
+            return [(rid, self.async_command(cfg, run, rid))]
         return [(rid, ["srun", "--mpi=pmix", "--overcommit", "--kill-on-bad-exit=1", f"--job-name={rid}",
                        "-N", str(run.nodes), "-n", str(run.workers),
                        f"--ntasks-per-node={min(run.workers, cfg.ranks_per_node)}", "--distribution=block",
@@ -183,6 +187,25 @@ class DilatedBackend(EmulatedBackend):
                        "--byte-dilation", str(cfg.byte_dilation), "--steps", str(cfg.steps_per_epoch),
                        "--warmup-steps", str(cfg.warmup_steps), "--ranks-per-node", str(cfg.ranks_per_node),
                        "--study", cfg.study, "--results-dir", os.path.abspath(cfg.results_dir), "--run-id", rid])]
+
+
+    def async_command(self, cfg: StudyConfig, run: Run, rid: str) -> list[str]:
+        """Chief and PS shard(s) on n1 beside its workers, then ranks_per_node workers a node: SLURM's arbitrary
+        distribution from a host file (SlurmClusterResolver numbers tasks chief, ps, workers). The PS tasks
+        serve forever: srun ends them --wait s after the chief has written the record and exited."""
+        hosts = ["n1"] * (1 + cfg.ps) + [f"n{1 + i // cfg.ranks_per_node}" for i in range(run.workers)]
+        path = os.path.abspath(os.path.join(cfg.study_dir, "logs", f"{rid}.hosts"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(hosts) + "\n")
+        return ["env", f"SLURM_HOSTFILE={path}", "srun", "--overcommit", "--kill-on-bad-exit=1", "--wait=10",
+                f"--job-name={rid}", "--distribution=arbitrary", "-n", str(len(hosts)),
+                cfg.python, "-m", "train.dilated_ps", "--cluster", "slurm", "--ps", str(cfg.ps),
+                "--workers", str(run.workers), "--profile", cfg.profile, "--head", run.head,
+                "--per-worker-batch", str(cfg.per_worker_batch), "--dilation", f"{run.dilation:g}",
+                "--byte-dilation", str(cfg.byte_dilation), "--steps", str(cfg.steps_per_epoch),
+                "--warmup-steps", str(cfg.warmup_steps), "--study", cfg.study,
+                "--results-dir", os.path.abspath(cfg.results_dir), "--run-id", rid]
 
 
 def bench_path(study_dir: str, link: str, rep: int) -> str:
