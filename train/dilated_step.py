@@ -164,21 +164,26 @@ def main(argv: list[str] | None = None) -> int:
         return bwd_end, done
 
     samples, exposed, steps_done = [], [], 0
-    cpu0 = wall0 = None
+    cpu0 = wall0 = t_done = None
     for s in range(cfg.warmup_steps + cfg.steps):
         if s == cfg.warmup_steps:
             hvd.allreduce(tf.zeros([1]), name="dilated_barrier").numpy()   # line the ranks up before measuring
             cpu0, wall0 = _cpu_s(), time.monotonic()
+            t_done = wall0
             samples.append((wall0 / D, steps_done))
         scale = max(0.05, 1.0 + cv * rng.gauss(0.0, 1.0)) if cv > 0 else 1.0
-        t0 = time.monotonic()
+        # the emulated GPU starts its next step when the last allreduce of this one returned: this loop's own
+        # dispatch time (host, not emulated cluster) then hides in the next forward delay, unless it is longer
+        t0 = t_done if t_done is not None else time.monotonic()
         bwd_end, done = step(tf.constant(t0, tf.float64), tf.constant(scale, tf.float64))
         t_done = float(done.numpy())
         steps_done += 1
         if s >= cfg.warmup_steps:
-            samples.append((time.monotonic() / D, steps_done))
-            exposed.append(max(0.0, t_done - float(bwd_end.numpy())) / D)
-    wall = time.monotonic() - wall0
+            samples.append((t_done / D, steps_done))
+            # exposed: how far the last allreduce ends past the scheduled end of backward (the sleeps' own
+            # lateness, e.g. the host busy moving bytes, counts too: the step is that much longer)
+            exposed.append(max(0.0, t_done - (t0 + scale * (t_fwd + t_bwd))) / D)
+    wall = t_done - wall0
     cpu = _cpu_s() - cpu0
 
     # every rank's facts to rank 0, the one writer
