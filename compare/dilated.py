@@ -164,13 +164,13 @@ class DilatedBackend(EmulatedBackend):
                 here = [r for r in runs if r.repeat == rep and r.link == link]
                 bench = self.bench(cfg, link, rep) if cfg.bench else None
                 out.append(Stage(f"{link} D={here[0].dilation:g} r{rep}", here, bench,
-                                 self._up(cfg, link, nodes_needed(cfg))))
+                                 self._up(cfg, link, nodes_needed(cfg), ("--burst", str(burst_bytes(link))))))
         return out
 
     def bench(self, cfg: StudyConfig, link: str, rep: int) -> tuple[list[str], str]:
         out = bench_path(cfg.study_dir, link, rep)
         k = cfg.byte_dilation
-        factors = ",".join(f"{f / k:.6g}" for f in (0.25, 0.5, 1.0))  # the dilated gradient set and parts of it
+        factors = ",".join(f"{f / k:.6g}" for f in (1, 4, 16))  # the dilated gradient set, and 4x, 16x it
         return ["srun", "--mpi=pmix", "-N", "2", "-n", "2", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
                 cfg.python, "-m", "train.bench_link", "--out", out, "--reps", str(cfg.bench_reps), "--singles", "",
                 "--factors", factors, "--model", f"{cfg.heads[0]},{IMAGE_SIZE},{WIDTH:g},{CLASSES}"], out
@@ -179,9 +179,9 @@ class DilatedBackend(EmulatedBackend):
         [rid] = run.run_ids()
         if run.mode == "async":
             return [(rid, self.async_command(cfg, run, rid))]
-        return [(rid, ["srun", "--mpi=pmix", "--overcommit", "--kill-on-bad-exit=1", f"--job-name={rid}",
-                       "-N", str(run.nodes), "-n", str(run.workers),
-                       f"--ntasks-per-node={min(run.workers, cfg.ranks_per_node)}", "--distribution=block",
+        path = hostfile(cfg, rid, [f"n{1 + i // cfg.ranks_per_node}" for i in range(run.workers)])
+        return [(rid, ["env", f"SLURM_HOSTFILE={path}", "srun", "--mpi=pmix", "--overcommit", "--kill-on-bad-exit=1",
+                       f"--job-name={rid}", "-n", str(run.workers), "--distribution=arbitrary",
                        cfg.python, "-m", "train.dilated_step", "--profile", cfg.profile, "--head", run.head,
                        "--per-worker-batch", str(cfg.per_worker_batch), "--dilation", f"{run.dilation:g}",
                        "--byte-dilation", str(cfg.byte_dilation), "--steps", str(cfg.steps_per_epoch),
@@ -194,10 +194,7 @@ class DilatedBackend(EmulatedBackend):
         distribution from a host file (SlurmClusterResolver numbers tasks chief, ps, workers). The PS tasks
         serve forever: srun ends them --wait s after the chief has written the record and exited."""
         hosts = ["n1"] * (1 + cfg.ps) + [f"n{1 + i // cfg.ranks_per_node}" for i in range(run.workers)]
-        path = os.path.abspath(os.path.join(cfg.study_dir, "logs", f"{rid}.hosts"))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join(hosts) + "\n")
+        path = hostfile(cfg, rid, hosts)
         return ["env", f"SLURM_HOSTFILE={path}", "srun", "--overcommit", "--kill-on-bad-exit=1", "--wait=10",
                 f"--job-name={rid}", "--distribution=arbitrary", "-n", str(len(hosts)),
                 cfg.python, "-m", "train.dilated_ps", "--cluster", "slurm", "--ps", str(cfg.ps),
@@ -206,6 +203,22 @@ class DilatedBackend(EmulatedBackend):
                 "--byte-dilation", str(cfg.byte_dilation), "--steps", str(cfg.steps_per_epoch),
                 "--warmup-steps", str(cfg.warmup_steps), "--study", cfg.study,
                 "--results-dir", os.path.abspath(cfg.results_dir), "--run-id", rid]
+
+
+def burst_bytes(link: str) -> int:
+    """The token bucket of a dilated link: 2 ms at its rate, at least two full packets. localcluster's default
+    (256 KiB) would pass a whole dilated step's gradients at the host's speed, unshaped."""
+    return max(4096, int(rate_Bps(link) * 0.002))
+
+
+def hostfile(cfg: StudyConfig, rid: str, hosts: list[str]) -> str:
+    """SLURM_HOSTFILE for --distribution=arbitrary: task i runs on hosts[i] (ranks_per_node a node: srun's
+    --ntasks-per-node cannot exceed a 1-CPU namespace node's CPUs, even with --overcommit)."""
+    path = os.path.abspath(os.path.join(cfg.study_dir, "logs", f"{rid}.hosts"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(hosts) + "\n")
+    return path
 
 
 def bench_path(study_dir: str, link: str, rep: int) -> str:
@@ -268,11 +281,14 @@ def fidelity(study_dir: str, max_d_change: float = 0.03, min_link_fraction: floa
             checks.append({"check": f"link {link}", "ok": False, "value": None, "threshold": min_link_fraction,
                            "text": f"no link bench at {link}: the link check cannot be made"})
             continue
-        frac = min(got) / shaped
-        checks.append({"check": f"link {link}", "ok": frac >= min_link_fraction, "value": frac,
+        lo, hi = min(got) / shaped, max(got) / shaped
+        upper = 2 - min_link_fraction  # faster than shaped: the bucket let a step's bytes through unshaped
+        checks.append({"check": f"link {link}", "ok": lo >= min_link_fraction and hi <= upper, "value": lo,
                        "threshold": min_link_fraction,
-                       "text": f"link bench at {link} reached {min(got) / 1e6:.3g} MB/s = {frac:.0%} of the shaped "
-                               f"{shaped / 1e6:.3g} MB/s (needs >= {min_link_fraction:.0%})"})
+                       "text": f"link bench at {link} reached {min(got) / 1e6:.3g}"
+                               + (f"-{max(got) / 1e6:.3g}" if len(got) > 1 else "")
+                               + f" MB/s = {lo:.0%}" + (f"-{hi:.0%}" if len(got) > 1 else "")
+                               + f" of the shaped {shaped / 1e6:.3g} MB/s (needs {min_link_fraction:.0%}-{upper:.0%})"})
     costs = [(r["dilation"].get("host_busy_fraction"), r["num_workers"], r["dilation"]["D"]) for r in recs
              if r["dilation"].get("host_busy_fraction") is not None]
     if costs:  # informational: the dilation check is what fails a study measured by its host

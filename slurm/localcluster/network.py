@@ -57,15 +57,17 @@ def net_up(c: Cluster) -> None:
         sh(["ip", "-n", ns, "route", "replace", "default", "via", st["ctld_addr"]])
 
 
-def shape(c: Cluster, link: str | None, delay: float | None) -> None:
-    """tbf for bandwidth (+ netem for one-way delay) on every node's egress (eth0 in its namespace)."""
+def shape(c: Cluster, link: str | None, delay: float | None, burst: int | None = None) -> None:
+    """tbf for bandwidth (+ netem for one-way delay) on every node's egress (eth0 in its namespace).
+    burst (bytes): the token bucket's depth; default max(256 KiB, 2 ms at the rate). A time-dilated study
+    (compare/dilated.py) sends less per step than 256 KiB and passes a smaller one."""
     st = c.state
     for n in st["node_list"]:
         ns = n["netns"]
         sh(["tc", "-n", ns, "qdisc", "del", "dev", "eth0", "root"], check=False)
         if link:
             bits = rate_bits(link)
-            burst = max(256 * 1024, int(bits / 8 * 0.002))  # >= 2 ms worth at the rate
+            burst = burst or max(256 * 1024, int(bits / 8 * 0.002))  # >= 2 ms worth at the rate
             sh(["tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "tbf",
                 "rate", link, "burst", str(burst), "latency", "100ms"])
             if delay:
@@ -74,7 +76,7 @@ def shape(c: Cluster, link: str | None, delay: float | None) -> None:
         elif delay:
             sh(["tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "handle", "10:",
                 "netem", "delay", f"{delay}ms", "limit", "100000"])
-    st["link"], st["delay_ms"] = link, delay
+    st["link"], st["delay_ms"], st["burst"] = link, delay, burst
     c.save()
     write_link_env(c)
     if st["node_list"]:
