@@ -70,8 +70,10 @@ def ready_offsets(backward_counts: list[int], curve: list[list[float]]) -> list[
     n, done, out = sum(backward_counts), 0, []
     for c in backward_counts:
         done += c
-        share = done / n
-        x = next((px for px, py in pts if py / total >= share - 1e-3), pts[-1][0])
+        # the curve point that completes this tensor (half its own share of slack for rounding): the first
+        # layer's gradient, the last computed, is ready only at the end of backward
+        share = done / n - 0.5 * c / n
+        x = next((px for px, py in pts if py / total >= share), pts[-1][0])
         out.append(min(max(x, 0.0), 1.0))
     # a tensor is never ready before the one computed before it
     for i in range(1, len(out)):
