@@ -351,7 +351,9 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
         b_ips, b_se = _mean_se(base) if base else (float("nan"), float("nan"))
         arm = ARM if mode == "sync" else f"async_ps, {shards} PS shard(s)"
         md += [f"### {arm}: {profile}, {head} head, batch {batch} per GPU, D = {d:g}, K = {k}, delays {delay}", "",
-               f"t_compute {at_d[0]['dilation']['t_compute_s'] * 1e3:.1f} ms per GPU step ({at_d[0]['dilation']['t_compute_source'][:160]}); "
+               f"t_compute {at_d[0]['dilation']['t_compute_s'] * 1e3:.1f} ms per GPU step (from {at_d[0]['dilation']['t_compute_source'][:120]}…); "
+               + ("" if base else "no p = 1 run in this study: no speedup; ")
+               + 
                f"links shaped to {at_d[0]['dilation']['link_rate'] or 'none (one machine, unshaped)'} = B/(K·D) with B = "
                f"{at_d[0]['dilation']['emulated_link_Bps'] / 1e9:.2f} GB/s; {at_d[0]['dilation']['grad_tensors']} gradient tensors, "
                f"{at_d[0]['dilation']['grad_bytes_sent'] / 1e6:.3f} MB sent per rank per step "
@@ -378,8 +380,8 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
         if fid["ok"]:
             head_cols += ["model speedup", "model exposed / overhead / straggler (ms)", "error, SE: verdict"]
         md.append(md_table(head_cols, [
-            [str(r["p"]), str(r["nodes"]), str(r["n"]), f"{r['ips']:.1f} ± {fmt(r['se'], '.1f')}", f"{r['speedup']:.2f}",
-             f"{r['eff']:.3f}", fmt(r['exposed_ms'], ".2f"), fmt(r['real_step'], ".2f"), fmt(r['host_cpu'], ".3f"),
+            [str(r["p"]), str(r["nodes"]), str(r["n"]), f"{r['ips']:.1f} ± {fmt(r['se'], '.1f')}", fmt(r['speedup'], ".2f"),
+             fmt(r['eff'], ".3f"), fmt(r['exposed_ms'], ".2f"), fmt(r['real_step'], ".2f"), fmt(r['host_cpu'], ".3f"),
              fmt(100 * r['host'], ".1f") + "%"] + ([f"{r['model']:.2f}", " / ".join(f"{1e3 * r['terms'][k]:.1f}" for k in (
                  "exposed_s", "overhead_s", "straggler_s")) if r["terms"] else "–", sentence(r["err"], r["rel_se"])]
                                                   if fid["ok"] else [])
