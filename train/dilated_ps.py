@@ -141,9 +141,12 @@ def chief(cfg: DilatedPSConfig, resolver, launcher, source: str, started_at: str
         updates = tf.Variable(0, dtype=tf.int64, name="updates")
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
 
+    # tf.data's testing transformation (not exported under tf.data.experimental in TF 2.15, present internally)
+    from tensorflow.python.data.experimental.ops import testing as tfdata_testing
+
     def dataset_fn():
         ds = tf.data.Dataset.from_tensors(tf.constant(1e-6)).repeat()
-        ds = ds.apply(tf.data.experimental.sleep(sleep_us))  # the worker's compute, on the worker
+        ds = ds.apply(tfdata_testing.sleep(sleep_us))  # the worker's compute, on the worker
         opts = tf.data.Options()
         opts.experimental_optimization.inject_prefetch = False  # the delay must precede the push, not overlap it
         opts.autotune.enabled = False
