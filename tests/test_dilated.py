@@ -247,3 +247,20 @@ def test_bad_input_one_line_exit_2_nothing_written(argv, words, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_async_arm_local_cluster(results):
+    """The async arm (ParameterServerStrategy, 1 PS + 2 workers on loopback): compute is tf.data's sleep on
+    each worker; the global update counter gives the emulated rate, compute-bound here (tiny pushes)."""
+    cmd = [sys.executable, "-m", "train.dilated_ps", "--workers", "2", "--ps", "1", "--profile", "tsubame2.5",
+           "--per-worker-batch", "4", "--dilation", "2", "--byte-dilation", "256", "--steps", "6",
+           "--warmup-steps", "2", "--study", "t", "--results-dir", str(results), "--run-id", "ps"]
+    p = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    [rec] = records(results)
+    assert not record.problems(rec) and rec["mode"] == "async" and rec["num_ps"] == 1 and rec["num_workers"] == 2
+    d = rec["dilation"]
+    assert d["grad_tensors"] == 35 and d["delay"] == "dataset_sleep" and rec["steps"] == 2 * (6 + 2)
+    ideal = 2 * 4 / d["t_compute_s"]
+    assert 0.8 * ideal < rec["images_per_sec"] < 1.15 * ideal, (rec["images_per_sec"], ideal)
