@@ -368,7 +368,7 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
             terms = model_terms(profile, model) if mode == "sync" else {}
             err = (model["speedup"] - sp) / sp
             dd = g[0]["dilation"]
-            row = {"p": p, "nodes": dd["nodes"], "ips": ips, "se": se, "speedup": sp, "eff": sp / p, "rel_se": rel,
+            row = {"p": p, "nodes": dd.get("nodes") or len(set(g[0]["hosts"])), "ips": ips, "se": se, "speedup": sp, "eff": sp / p, "rel_se": rel,
                    "model": model["speedup"], "terms": terms, "err": err, "verdict": verdict(err, rel),
                    "exposed_ms": _stat(g, "exposed_s_p50", statistics_median, 1e3),
                    "host": _stat(g, "host_busy_fraction", max), "host_cpu": _stat(g, "host_cpu_s_per_step", max),
@@ -382,7 +382,7 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
         md.append(md_table(head_cols, [
             [str(r["p"]), str(r["nodes"]), str(r["n"]), f"{r['ips']:.1f} ± {fmt(r['se'], '.1f')}", fmt(r['speedup'], ".2f"),
              fmt(r['eff'], ".3f"), fmt(r['exposed_ms'], ".2f"), fmt(r['real_step'], ".2f"), fmt(r['host_cpu'], ".3f"),
-             fmt(100 * r['host'], ".1f") + "%"] + ([f"{r['model']:.2f}", " / ".join(f"{1e3 * r['terms'][k]:.1f}" for k in (
+             fmt(100 * r['host'], ".1f") + ("%" if r['host'] == r['host'] else "")] + ([f"{r['model']:.2f}", " / ".join(f"{1e3 * r['terms'][k]:.1f}" for k in (
                  "exposed_s", "overhead_s", "straggler_s")) if r["terms"] else "–", sentence(r["err"], r["rel_se"])]
                                                   if fid["ok"] else [])
             for r in rows]))

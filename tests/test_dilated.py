@@ -149,8 +149,13 @@ def test_slow_link_bench_fails_and_passing_study_is_compared(tmp_path):
     for path in study.glob("dilatedbench-*.json"):
         d = json.loads(path.read_text())
         path.write_text(json.dumps({**d, "bw_Bps": d["bw_Bps"] / 0.5 * 0.95}))
+    with open(study / "runs.jsonl", "a") as f:  # an async record (train/dilated_ps.py's fields) gets its own table
+        a = _rec(2, 2.0, 30.0, "78125kbit", "n1", "x", "async-p2")
+        a["dilation"].pop("nodes")
+        f.write(json.dumps({**a, "mode": "async", "num_ps": 1, "dilation": {**a["dilation"], "delay": "dataset_sleep"}}) + "\n")
     from compare.report import write_report
     md = Path(write_report(str(study))).read_text()
+    assert "### async_ps, 1 PS shard(s): tsubame2.5" in md
     section = md.split("## Time-dilated emulation")[1].split("\n## ")[0]
     assert json.loads((study / "fidelity.json").read_text())["ok"]
     assert "model speedup" in section and "Fidelity check failed" not in section

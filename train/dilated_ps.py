@@ -205,6 +205,7 @@ def chief(cfg: DilatedPSConfig, resolver, launcher, source: str, started_at: str
         "dilation": {"D": D, "K": K, "profile": cfg.profile, "delay": "dataset_sleep",
                      "t_compute_s": plan["t_compute_s"], "t_compute_source": plan["t_compute_source"],
                      "ranks": num_workers, "ps": num_ps, "link_rate": link["rate"],
+                     "nodes": len({a.split(":")[0] for a in jobs["worker"]}),
                      "link_Bps_shaped": dil.rate_Bps(link["rate"]), "emulated_link_Bps": plan["link_Bps"],
                      "grad_tensors": len(sent), "grad_bytes_full": 4 * sum(dil.grad_counts(cfg.head)),
                      "grad_bytes_sent": 4 * sum(sent), "controller": "grpc", "samples": len(busy)},
