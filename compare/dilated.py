@@ -156,7 +156,7 @@ class DilatedBackend(EmulatedBackend):
     def env(self, cfg: StudyConfig) -> dict[str, str]:
         env = super().env(cfg)
         # ranks spend their time asleep or in MPI: without yielding, a waiting rank spins on a shared core
-        env["OMPI_MCA_mpi_yield_when_idle"] = "1"
+        env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")  # an explicit setting in the environment wins
         return env
 
     def stages(self, cfg: StudyConfig, runs: list[Run]) -> list[Stage]:
