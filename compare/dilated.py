@@ -167,7 +167,7 @@ class DilatedBackend(EmulatedBackend):
                 bench = self.bench(cfg, link, rep) if cfg.bench else None
                 out.append(Stage(f"{link} D={here[0].dilation:g} r{rep}", here, bench,
                                  self._up(cfg, link, nodes_needed(cfg), ("--burst", str(burst_bytes(link)),
-                                                                                "--queue-ms", str(QUEUE_MS)))))
+                                                                                "--queue-ms", f"{queue_ms(link):.1f}"))))
         return out
 
     def bench(self, cfg: StudyConfig, link: str, rep: int) -> tuple[list[str], str]:
@@ -208,9 +208,13 @@ class DilatedBackend(EmulatedBackend):
                 "--results-dir", os.path.abspath(cfg.results_dir), "--run-id", rid]
 
 
-# tbf queue of a dilated link: behind localcluster's default 100 ms the ACKs of a node's incoming flow wait
-# (its egress queue holds both): a 2-node Horovod allreduce reached 60% of 312.5 Mbit/s, 93% at 10 ms (2026-11-29)
-QUEUE_MS = 10
+def queue_ms(link: str) -> float:
+    """tbf queue of a dilated link, in ms at its rate: 10 ms, or 128 KiB where 10 ms holds less. Behind
+    localcluster's default 100 ms the ACKs of a node's incoming flow wait (its egress queue holds both): a
+    2-node Horovod allreduce reached 60% of 312.5 Mbit/s, 93% at 10 ms; at 39 Mbit/s a 10 ms queue (49 kB)
+    dropped enough to reach 52% (2026-11-29)."""
+    return max(10.0, 1e3 * 131072 / rate_Bps(link))
+
 
 
 def burst_bytes(link: str) -> int:
