@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--state-dir", help="emulated: the cluster's state dir")
     a("--net-id", type=_number(int, 1, True), help="emulated: the cluster's network id")
     a("--keep-up", action="store_true", default=None, help="emulated: leave the cluster up")
+    a("--profile", help="dilated: the emulated cluster (tsubame2.5 | h200)")
+    a("--dilation", type=_number(float, 0, False), help="dilated: D, real seconds per emulated second")
+    a("--byte-dilation", type=_number(int, 1, True), help="dilated: K, each gradient tensor's size / K")
+    a("--ranks-per-node", type=_number(int, 1, True), help="dilated: ranks on each emulated node")
     a("--slurm-cpu", action="store_true", help="slurm: CPU-only nodes (sweep.sh --cpu)")
     a("--sweep-arg", action="append", default=[], help="slurm: extra argument for slurm/sweep.sh (repeatable)")
 
@@ -116,6 +120,7 @@ RUN_FIELDS = ("study", "results_dir", "modes", "workers", "repeats", "heads", "i
               "async_allreduce_lr",
               "ps", "intra_op_threads", "dataset", "lr", "ceiling", "bench", "timeout", "load_interval_s",
               "links", "emulated_runs", "bench_reps", "bench_factors", "state_dir", "net_id", "keep_up")
+RUN_FIELDS += ("profile", "dilation", "byte_dilation", "ranks_per_node")  # the dilated backend (issue 14)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m compare " + shlex.join(argv)
     if args.command == "report":
         return _report(args, argv)
-    name = "convergence" if args.convergence else args.preset or ("emulated" if args.cluster == "emulated" else "local")
+    name = "convergence" if args.convergence else args.preset or (
+        args.cluster if args.cluster in ("emulated", "dilated") else "local")
     try:
         cfg = preset(name, cluster=args.cluster, **{k: getattr(args, k) for k in RUN_FIELDS})
     except PlanError as e:
@@ -143,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         if why:
             parser.error(why)
         backend = EmulatedBackend()
+    elif cfg.cluster == "dilated":
+        from compare.dilated import DilatedBackend, check_can_run
+        why = check_can_run()
+        if why:
+            parser.error(why.replace("--cluster emulated", "--cluster dilated"))
+        backend = DilatedBackend()
     else:
         from compare.local import LocalBackend
         backend = LocalBackend()
@@ -153,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"compare run: {counts['planned']} planned, {counts['skipped']} already done (same host, same commit), "
           f"{counts['ok']} ok, {counts['failed']} failed; allreduce bench {counts['bench_ok']} ok, "
           f"{counts['bench_failed']} failed -> {cfg.runs_path}")
+    if cfg.cluster == "dilated":  # the study fails when the emulation measured the host, not the cluster
+        from compare.dilated import fidelity
+        fid = fidelity(cfg.study_dir, cfg.max_d_change, cfg.min_link_fraction)
+        if not fid["ok"]:
+            print(f"compare run: fidelity check failed: {fid['reason']}", file=sys.stderr)
+            return 1
     return 0 if counts["failed"] == 0 and counts["bench_failed"] == 0 else 1
 
 

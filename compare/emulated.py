@@ -40,11 +40,11 @@ class EmulatedBackend:
     def localcluster(self, cfg: StudyConfig, *args: str) -> list[str]:
         return [cfg.python, LOCALCLUSTER, *args, "--state-dir", cfg.state_dir]
 
-    def _up(self, cfg: StudyConfig, link: str):
+    def _up(self, cfg: StudyConfig, link: str, nodes: int = 2, extra: tuple[str, ...] = ()):
         @contextlib.contextmanager
         def cluster():
-            p = subprocess.run(self.localcluster(cfg, "up", "--nodes", "2", "--link", link, "--net-id",
-                                                 str(cfg.net_id)), capture_output=True, text=True, timeout=300)
+            p = subprocess.run(self.localcluster(cfg, "up", "--nodes", str(nodes), "--link", link, "--net-id",
+                                                 str(cfg.net_id), *extra), capture_output=True, text=True, timeout=300)
             if p.returncode != 0:
                 raise RuntimeError(f"localcluster up --link {link} failed: {p.stderr.strip()[-1500:]}")
             yield

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from train import record
 from train.config import ConfigError, parse_compression
 
-CLUSTERS = ("local", "emulated", "slurm")
+CLUSTERS = ("local", "emulated", "slurm", "dilated")
 # The study's three arms: mode name (a record's `mode`) -> what it is. Horovod runs sync and async_allreduce.
 MODES = {"sync": "sync ring-allreduce (Horovod)", "async": "async parameter servers (ParameterServerStrategy)",
          "async_allreduce": "async all-reduce (the seed's method: compute never waits, Horovod allreduce thread)"}
@@ -74,6 +74,13 @@ class StudyConfig:
     net_id: int = 84
     keep_up: bool = False
     load_interval_s: float = 15.0
+    # the time-dilated emulation of a GPU cluster (backend "dilated", issue 14; compare/dilated.py)
+    profile: str = "tsubame2.5"
+    dilation: float = 2.0             # D: real seconds per emulated second
+    byte_dilation: int = 256          # K: every gradient tensor's size / K, links at B/(K·D)
+    ranks_per_node: int = 3
+    max_d_change: float = 0.03        # fidelity: doubling D may change images/sec at the largest p by less
+    min_link_fraction: float = 0.9    # fidelity: the link bench must reach this share of the shaped rate
 
     @property
     def study_dir(self) -> str:
@@ -114,10 +121,21 @@ class StudyConfig:
                 parse_compression(c)
             except ConfigError as e:
                 raise PlanError(f"--compressions: {e}") from None
-        if self.cluster == "emulated" and set(self.compressions) != {"none"}:
-            raise PlanError("the emulated backend runs uncompressed gradients only (--compressions none)")
+        if self.cluster in ("emulated", "dilated") and set(self.compressions) != {"none"}:
+            raise PlanError(f"the {self.cluster} backend runs uncompressed gradients only (--compressions none)")
         if self.compressions and not any(runs_compression(m, c) for m in self.modes for c in self.compressions):
             raise PlanError(f"no mode of {','.join(self.modes)} runs compression {','.join(self.compressions)}")
+        if self.cluster == "dilated":
+            from compare.dilated import PROFILES
+            if self.profile not in PROFILES:
+                raise PlanError(f"--profile: choose {', '.join(PROFILES)}, got {self.profile!r}")
+            if not (self.dilation > 0 and self.byte_dilation >= 1 and self.ranks_per_node >= 1):
+                raise PlanError("--dilation must be > 0, --byte-dilation and --ranks-per-node >= 1")
+            from compare.dilated import DilationError, dilated_rate
+            try:
+                dilated_rate(self.profile, self.byte_dilation, 2 * self.dilation)
+            except DilationError as e:
+                raise PlanError(str(e)) from None
         bad = [r for r in self.emulated_runs if r not in EMULATED_RUNS]
         if bad or not self.emulated_runs:
             raise PlanError(f"--runs: choose from {','.join(EMULATED_RUNS)}, got {','.join(self.emulated_runs)!r}")
@@ -143,6 +161,17 @@ PRESETS: dict[str, dict] = {
     # issue 8: 2 SLURM nodes in network namespaces, links shaped by tc
     "emulated": dict(cluster="emulated", heads=("fc4096",), width=0.25, per_worker_batch=32, repeats=1,
                      steps_per_epoch=12, async_steps_per_epoch=24, warmup_steps=2, timeout=300.0),
+    # issue 14: the seed's cluster time-dilated: 3 ranks a node, p = 1..48, sync arm (compare/dilated.py)
+    "dilated": dict(cluster="dilated", modes=("sync",), workers=(1, 3, 6, 12, 24, 48), heads=("gap",),
+                    image_sizes=(224,), width=1.0, per_worker_batch=64, repeats=1, steps_per_epoch=6,
+                    warmup_steps=2, ceiling=False, timeout=1800.0, ranks_per_node=3, dilation=2.0,
+                    byte_dilation=256, state_dir="/tmp/localcluster-dilated", net_id=86, load_interval_s=10.0),
+    # the mechanism on every change: p = 1, 2, 4 on 2 nodes, small batch (short steps), small D
+    "dilated-quick": dict(cluster="dilated", modes=("sync",), workers=(1, 2, 4), heads=("gap",),
+                          image_sizes=(224,), width=1.0, per_worker_batch=4, repeats=1, steps_per_epoch=8,
+                          warmup_steps=2, ceiling=False, timeout=300.0, ranks_per_node=2, dilation=2.0,
+                          byte_dilation=256, bench_reps=3, state_dir="/tmp/localcluster-dilated-quick",
+                          net_id=87, load_interval_s=5.0),
 }
 
 
@@ -171,9 +200,11 @@ class Run:
     copies: int = 1
     link: str | None = None
     nodes: int = 1
+    dilation: float | None = None     # the dilated backend's D (compare/dilated.py)
 
     def run_ids(self) -> list[str]:
         where = (f"-{self.link.lower()}-n{self.nodes}" if self.link else "")
+        where += f"-d{self.dilation:g}" if self.dilation else ""
         if self.role == "ceiling":
             return [f"ceiling-p{self.copies}-{self.head}-s{self.image_size}{where}-r{self.repeat}-c{i}"
                     for i in range(self.copies)]
@@ -213,6 +244,9 @@ def plan(cfg: StudyConfig) -> list[Run]:
     """Every run of the study, repeat-major."""
     if cfg.cluster == "emulated":
         return _plan_emulated(cfg)
+    if cfg.cluster == "dilated":
+        from compare.dilated import plan_dilated
+        return plan_dilated(cfg)
     runs: list[Run] = []
     ncores = len(cores_available())
     for rep in range(cfg.repeats):

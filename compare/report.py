@@ -671,7 +671,8 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
     profs = {"local": local} if "local" in profiles and local else {}
     gpus = gpu_rows([n for n in profiles if n != "local"])
     benches = calibration.load_link_benches(study_dir)
-    eval_, points, einfo = emulated_validation(df, benches)
+    dil_mask = df["_record"].apply(lambda r: isinstance(r.get("dilation"), dict))  # issue 14: its own section
+    eval_, points, einfo = emulated_validation(df[~dil_mask], benches)
 
     figs: dict[str, plt.Figure | None] = {}
     if (table["link"] == "").any():
@@ -729,6 +730,11 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
         md += [*local_model_section(local, calib, val), ""]
     if einfo["links"]:
         md += [*emulated_section(df, eval_, einfo, benches), ""]
+    if dil_mask.any():
+        from compare import dilated
+        dcfg = info.get("config") or {}
+        md += dilated.section(study_dir, list(df[dil_mask]["_record"]), dcfg.get("max_d_change", 0.03),
+                              dcfg.get("min_link_fraction", 0.9))
     if profs:
         md += [*projection_section(profs, ps_shards, seed), ""]
     if gpus:

@@ -173,11 +173,11 @@ def free_ports(n: int) -> list[int]:
 class LocalCluster:
     """S PS + N workers as child processes on 127.0.0.1; the caller is the chief."""
 
-    def __init__(self, num_workers: int, num_ps: int, argv: list[str]):
+    def __init__(self, num_workers: int, num_ps: int, argv: list[str], module: str = "train.async_ps"):
         ports = free_ports(1 + num_workers + num_ps)
         addr = [f"127.0.0.1:{p}" for p in ports]
         self.spec = {"chief": addr[:1], "worker": addr[1:1 + num_workers], "ps": addr[1 + num_workers:]}
-        self.argv = list(argv)
+        self.argv, self.module = list(argv), module
         self.children: dict[tuple[str, int], subprocess.Popen] = {}
         self.lost: dict[str, int] = {}
         self._stop_lock, self._stopped = threading.Lock(), threading.Event()
@@ -194,7 +194,7 @@ class LocalCluster:
                 env = dict(os.environ, **CHILD_ENV, **{PARENT_ENV: str(os.getpid())})
                 env["TF_CONFIG"] = json.dumps({"cluster": self.spec, "task": {"type": job, "index": i}})
                 env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-                cmd = [sys.executable, "-m", "train.async_ps", *self.argv, "--cluster", "tf_config"]
+                cmd = [sys.executable, "-m", self.module, *self.argv, "--cluster", "tf_config"]
                 self.children[(job, i)] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                                            start_new_session=True)  # own process group
         return self
@@ -265,7 +265,7 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def cluster(requested: str, cfg, argv: list[str]):
+def cluster(requested: str, cfg, argv: list[str], module: str = "train.async_ps"):
     """Yield (resolver, launcher or None, source name); ConfigError on a bad cluster description."""
     import tensorflow as tf
 
@@ -274,7 +274,7 @@ def cluster(requested: str, cfg, argv: list[str]):
     with contextlib.suppress(RuntimeError):  # already started (an in-process caller): keep its setting
         tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads())
     if kind == "local":
-        with LocalCluster(cfg.workers, cfg.ps, argv) as local:
+        with LocalCluster(cfg.workers, cfg.ps, argv, module) as local:
             yield local.resolver(), local, kind
         return
     resolver = tf_config_resolver() if kind == "tf_config" else slurm_resolver(cfg.ps)

@@ -51,8 +51,9 @@ def cmd_up(a: argparse.Namespace) -> int:
         write_configs(c)
         if c.state["multi"]:
             net_up(c)
-            if (link, a.delay) != (c.state.get("link"), c.state.get("delay_ms")) or not was_up:
-                shape(c, link, a.delay)
+            if (link, a.delay, a.burst, a.queue_ms) != (c.state.get("link"), c.state.get("delay_ms"),
+                                                        c.state.get("burst"), c.state.get("queue_ms")) or not was_up:
+                shape(c, link, a.delay, a.burst, a.queue_ms)
         else:
             c.state["link"], c.state["delay_ms"] = None, None
         start_munged(c)
@@ -127,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=1, help="SLURM nodes (1: plain one-node cluster; >1: netns)")
     ap.add_argument("--link", default=None, help="per-node link rate for tc tbf, e.g. 10gbit, 1gbit, 200mbit")
     ap.add_argument("--delay", type=float, default=None, help="one-way delay per link in ms (tc netem)")
+    ap.add_argument("--burst", type=int, default=None,
+                    help="tbf bucket depth in bytes (default max(256 KiB, 2 ms at the rate))")
+    ap.add_argument("--queue-ms", type=float, default=None, help="tbf latency: queue length in ms at the rate (default 100)")
     ap.add_argument("--cpus-per-node", type=int, default=None, help="CPUs (cores of this machine) each node gets (default nproc/N, at least 1)")
     ap.add_argument("--net-id", type=int, default=int(os.environ.get("LOCALCLUSTER_NET_ID", 77)),
                     help="multi-node: bridge br<ID>, subnet 10.<ID>.0.0/24, namespaces lc<ID>n<K>")
@@ -146,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         die(f"--cpus-per-node must be <= {os.cpu_count()} (this machine's cores) with --nodes > 1", 2)
     if a.delay is not None and a.delay < 0:
         die(f"--delay must be >= 0 ms, got {a.delay}", 2)
+    if a.queue_ms is not None and a.queue_ms <= 0:
+        die(f"--queue-ms must be > 0, got {a.queue_ms}", 2)
+    if a.burst is not None and a.burst < 1600:  # tbf drops packets larger than its bucket
+        die(f"--burst must be >= 1600 bytes (one full-size packet), got {a.burst}", 2)
     if a.link not in (None, "", "none", "unlimited") and not RATE_RE.match(a.link):
         die(f"bad --link {a.link!r}; use e.g. 10gbit, 1gbit, 200mbit (or none)", 2)
     preflight()

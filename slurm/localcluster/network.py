@@ -57,24 +57,29 @@ def net_up(c: Cluster) -> None:
         sh(["ip", "-n", ns, "route", "replace", "default", "via", st["ctld_addr"]])
 
 
-def shape(c: Cluster, link: str | None, delay: float | None) -> None:
-    """tbf for bandwidth (+ netem for one-way delay) on every node's egress (eth0 in its namespace)."""
+def shape(c: Cluster, link: str | None, delay: float | None, burst: int | None = None,
+          queue_ms: float | None = None) -> None:
+    """tbf for bandwidth (+ netem for one-way delay) on every node's egress (eth0 in its namespace).
+    burst (bytes): the token bucket's depth; default max(256 KiB, 2 ms at the rate). A time-dilated study
+    (compare/dilated.py) sends less per step than 256 KiB and passes a smaller one. queue_ms: tbf's latency
+    (queue length in time at the rate), default 100 ms; a node's egress queue also holds the ACKs of what it
+    receives, and behind 100 ms of data an allreduce between two nodes reached ~60% of the rate (93% at 10 ms)."""
     st = c.state
     for n in st["node_list"]:
         ns = n["netns"]
         sh(["tc", "-n", ns, "qdisc", "del", "dev", "eth0", "root"], check=False)
         if link:
             bits = rate_bits(link)
-            burst = max(256 * 1024, int(bits / 8 * 0.002))  # >= 2 ms worth at the rate
+            burst = burst or max(256 * 1024, int(bits / 8 * 0.002))  # >= 2 ms worth at the rate
             sh(["tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "tbf",
-                "rate", link, "burst", str(burst), "latency", "100ms"])
+                "rate", link, "burst", str(burst), "latency", f"{queue_ms or 100:g}ms"])
             if delay:
                 sh(["tc", "-n", ns, "qdisc", "add", "dev", "eth0", "parent", "1:1", "handle", "10:",
                     "netem", "delay", f"{delay}ms", "limit", "100000"])
         elif delay:
             sh(["tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "handle", "10:",
                 "netem", "delay", f"{delay}ms", "limit", "100000"])
-    st["link"], st["delay_ms"] = link, delay
+    st["link"], st["delay_ms"], st["burst"], st["queue_ms"] = link, delay, burst, queue_ms
     c.save()
     write_link_env(c)
     if st["node_list"]:
