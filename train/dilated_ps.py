@@ -24,75 +24,29 @@ from dataclasses import dataclass
 
 from compare import dilated as dil
 from train import record
+from train.dilated_step import DilatedWorkload, check_workload, workload_parser
 
 PROG = "train.dilated_ps"
 MIN_SHARD_BYTES = 64 << 10  # as train/async_ps.py: variables above 64 KiB are split over the PS shards
 
 
 @dataclass(frozen=True)
-class DilatedPSConfig:
-    profile: str = "tsubame2.5"
-    head: str = "gap"
-    per_worker_batch: int = 64
-    dilation: float = 4.0
-    byte_dilation: int = 64
+class DilatedPSConfig(DilatedWorkload):
+    """The PS arm's settings on top of the shared workload."""
     workers: int = 2
     ps: int = 1
-    steps: int = 8                  # measured updates per worker after the warm-up
-    warmup_steps: int = 2           # per worker
-    study: str = "dilated"
-    results_dir: str = "results"
-    run_id: str = ""
-    width: float = 1.0
-    image_size: int = dil.IMAGE_SIZE
-    dataset: str = "synthetic"
-    compression: str = "none"
-    precision: str = "fp32"
-    role: str = "main"
-    copies: int = 1
-    intra_op_threads: int = 1
-
-    @property
-    def runs_path(self) -> str:
-        return record.runs_path(self.results_dir, self.study)
-
-
-class _OneLine(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def parse(argv: list[str]) -> tuple[DilatedPSConfig, argparse.Namespace]:
     from train import ps_cluster
 
-    ap = _OneLine(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                  allow_abbrev=False, parents=[ps_cluster.extra_parser()])
+    ap = workload_parser(PROG, __doc__, parents=(ps_cluster.extra_parser(),))
     d = DilatedPSConfig()
-    ap.add_argument("--profile", choices=dil.PROFILES, default=d.profile)
-    ap.add_argument("--head", choices=("gap", "fc4096"), default=d.head)
-    ap.add_argument("--per-worker-batch", type=int, default=d.per_worker_batch)
-    ap.add_argument("--dilation", type=float, default=d.dilation)
-    ap.add_argument("--byte-dilation", type=int, default=d.byte_dilation)
     ap.add_argument("--workers", type=int, default=d.workers)
     ap.add_argument("--ps", type=int, default=d.ps)
-    ap.add_argument("--steps", type=int, default=d.steps)
-    ap.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    ap.add_argument("--study", default=d.study)
-    ap.add_argument("--results-dir", default=d.results_dir)
-    ap.add_argument("--run-id", default="")
     a = ap.parse_args(argv)
-    for name, ok, what in (("--per-worker-batch", a.per_worker_batch >= 1, ">= 1"),
-                           ("--dilation", a.dilation > 0, "> 0"), ("--byte-dilation", a.byte_dilation >= 1, ">= 1"),
-                           ("--workers", a.workers >= 1, ">= 1"), ("--ps", a.ps >= 1, ">= 1"),
-                           ("--steps", a.steps >= 2, ">= 2"), ("--warmup-steps", a.warmup_steps >= 0, ">= 0")):
-        if not ok:
-            ap.error(f"{name} must be {what}")
-    cfg = DilatedPSConfig(profile=a.profile, head=a.head, per_worker_batch=a.per_worker_batch, dilation=a.dilation,
-                          byte_dilation=a.byte_dilation, workers=a.workers, ps=a.ps, steps=a.steps,
-                          warmup_steps=a.warmup_steps, study=a.study, results_dir=a.results_dir,
-                          run_id=a.run_id or record.default_run_id())
-    return cfg, a
+    shared = check_workload(ap, a, (("--workers", a.workers >= 1, ">= 1"), ("--ps", a.ps >= 1, ">= 1")))
+    return DilatedPSConfig(**shared, workers=a.workers, ps=a.ps), a
 
 
 def main(argv: list[str] | None = None) -> int:

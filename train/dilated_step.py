@@ -35,19 +35,15 @@ PROG = "train.dilated_step"
 
 
 @dataclass(frozen=True)
-class DilatedConfig:
-    """What record.base_record reads, plus the dilation's own settings (record field `config`)."""
+class DilatedWorkload:
+    """What both dilated arms share and record.base_record reads (record field `config`)."""
     profile: str = "tsubame2.5"
     head: str = "gap"
     per_worker_batch: int = 64
     dilation: float = 4.0
     byte_dilation: int = 64
-    delay: str = "per_layer"        # per_layer: allreduce i starts when tensor i is ready; end: after backward
-    steps: int = 8
+    steps: int = 8                  # measured steps (sync) / updates per worker (PS) after the warm-up
     warmup_steps: int = 2
-    ranks_per_node: int = 0         # 0: from the launcher's environment
-    step_cv: float = -1.0           # < 0: the profile's step_cv (straggler spread), 0: none
-    seed: int = 0
     study: str = "dilated"
     results_dir: str = "results"
     run_id: str = ""
@@ -66,43 +62,63 @@ class DilatedConfig:
         return record.runs_path(self.results_dir, self.study)
 
 
-class _OneLine(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # bad input: one line, exit 2, nothing written
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        sys.exit(2)
+@dataclass(frozen=True)
+class DilatedConfig(DilatedWorkload):
+    """The sync arm's settings on top of the shared workload."""
+    delay: str = "per_layer"        # per_layer: allreduce i starts when tensor i is ready; end: after backward
+    ranks_per_node: int = 0         # 0: from the launcher's environment
+    step_cv: float = -1.0           # < 0: the profile's step_cv (straggler spread), 0: none
+    seed: int = 0
 
 
-def parse(argv: list[str] | None) -> DilatedConfig:
-    ap = _OneLine(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                  allow_abbrev=False)
-    d = DilatedConfig()
+def workload_parser(prog: str, description: str, parents: tuple = ()) -> argparse.ArgumentParser:
+    """argparse with the shared workload's options (one line, exit 2 on bad input: train.config's parser)."""
+    from train.config import _OneLineParser
+
+    ap = _OneLineParser(prog=prog, description=description,
+                        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+                        parents=list(parents))
+    d = DilatedWorkload()
     ap.add_argument("--profile", choices=dil.PROFILES, default=d.profile)
     ap.add_argument("--head", choices=("gap", "fc4096"), default=d.head)
     ap.add_argument("--per-worker-batch", type=int, default=d.per_worker_batch)
     ap.add_argument("--dilation", type=float, default=d.dilation, help="D: real time per emulated second")
     ap.add_argument("--byte-dilation", type=int, default=d.byte_dilation, help="K: each tensor's size / K")
-    ap.add_argument("--delay", choices=("per_layer", "end"), default=d.delay)
     ap.add_argument("--steps", type=int, default=d.steps, help="measured steps after the warm-up")
     ap.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    ap.add_argument("--ranks-per-node", type=int, default=d.ranks_per_node)
-    ap.add_argument("--step-cv", type=float, default=d.step_cv)
-    ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--study", default=d.study)
     ap.add_argument("--results-dir", default=d.results_dir)
     ap.add_argument("--run-id", default="")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def check_workload(ap: argparse.ArgumentParser, a: argparse.Namespace, more: tuple = ()) -> dict:
+    """Exit 2 naming the first bad value (the shared checks, then `more`: (flag, ok, what)); returns the
+    shared workload's fields."""
     for name, ok, what in (("--per-worker-batch", a.per_worker_batch >= 1, ">= 1"),
                            ("--dilation", a.dilation > 0, "> 0"), ("--byte-dilation", a.byte_dilation >= 1, ">= 1"),
                            ("--steps", a.steps >= 2, ">= 2"), ("--warmup-steps", a.warmup_steps >= 0, ">= 0"),
-                           ("--ranks-per-node", a.ranks_per_node >= 0, ">= 0"), ("--step-cv", a.step_cv < 1, "< 1")):
+                           *more):
         if not ok:
             ap.error(f"{name} must be {what}")
     if not a.study or os.sep in a.study or a.study.startswith("."):
         ap.error(f"bad study name {a.study!r}")
-    return DilatedConfig(profile=a.profile, head=a.head, per_worker_batch=a.per_worker_batch, dilation=a.dilation,
-                         byte_dilation=a.byte_dilation, delay=a.delay, steps=a.steps, warmup_steps=a.warmup_steps,
-                         ranks_per_node=a.ranks_per_node, step_cv=a.step_cv, seed=a.seed, study=a.study,
-                         results_dir=a.results_dir, run_id=a.run_id or record.default_run_id())
+    return dict(profile=a.profile, head=a.head, per_worker_batch=a.per_worker_batch, dilation=a.dilation,
+                byte_dilation=a.byte_dilation, steps=a.steps, warmup_steps=a.warmup_steps, study=a.study,
+                results_dir=a.results_dir, run_id=a.run_id or record.default_run_id())
+
+
+def parse(argv: list[str] | None) -> DilatedConfig:
+    ap = workload_parser(PROG, __doc__)
+    d = DilatedConfig()
+    ap.add_argument("--delay", choices=("per_layer", "end"), default=d.delay)
+    ap.add_argument("--ranks-per-node", type=int, default=d.ranks_per_node)
+    ap.add_argument("--step-cv", type=float, default=d.step_cv)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    a = ap.parse_args(argv)
+    shared = check_workload(ap, a, (("--ranks-per-node", a.ranks_per_node >= 0, ">= 0"),
+                                    ("--step-cv", a.step_cv < 1, "< 1")))
+    return DilatedConfig(**shared, delay=a.delay, ranks_per_node=a.ranks_per_node, step_cv=a.step_cv, seed=a.seed)
 
 
 def _cpu_s() -> float:
