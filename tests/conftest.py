@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """A test that needs what this machine lacks: skipped here, a failure under CI (which has it all)."""
+    if IN_CI:
+        pytest.fail(f"must run under CI=true, but: {reason}")
+    pytest.skip(reason)
+
+
+def require_root_and(programs: tuple[str, ...], what: str) -> None:
+    """Root and `programs` on PATH, or unavailable()."""
+    if os.geteuid() != 0:
+        unavailable(f"{what} needs root")
+    missing = [p for p in programs if not shutil.which(p)]
+    if missing:
+        unavailable(f"missing {', '.join(missing)}")
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, child_env, records
+from conftest import ROOT, child_env, records, require_root_and
 from compare import dilated, scaling
 from compare.plan import PlanError, plan, preset
 from train import record
 
-IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 # ---------------------------------------------------------------- pure pieces
@@ -208,15 +206,7 @@ def test_per_layer_overlap_dilation_and_byte_dilation(results):
 def test_quick_dilated_study_on_namespace_nodes(tmp_path):
     from test_emulated import _free_net_id
 
-    reason = None
-    if os.geteuid() != 0:
-        reason = "the namespace cluster needs root"
-    elif missing := [p for p in ("slurmctld", "slurmd", "srun", "munged", "ip", "tc", "nsenter") if not shutil.which(p)]:
-        reason = f"missing {', '.join(missing)}"
-    if reason:
-        if IN_CI:
-            pytest.fail(f"must run under CI=true, but: {reason}")
-        pytest.skip(reason)
+    require_root_and(("slurmctld", "slurmd", "srun", "munged", "ip", "tc", "nsenter"), "the namespace cluster")
     results, state = tmp_path / "results", tmp_path / "lc"
     # p = 1 and 2 ranks, one a node (the 2-rank ring crosses the shaped link), then p = 2 at 2D
     p = _compare("run", "--preset", "dilated-quick", "--workers", "1,2", "--ranks-per-node", "1", "--study", "q",

@@ -10,20 +10,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, child_env
+from conftest import ROOT, child_env, require_root_and
 from compare import scaling
 from compare.report import write_report
 from test_compare import rec
 from train import record
 
-IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 # ---------------------------------------------------------------- model math per link
@@ -147,15 +145,7 @@ def _free_net_id() -> int:
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_tiny_emulated_study_end_to_end(tmp_path):
-    reason = None
-    if os.geteuid() != 0:
-        reason = "the emulated cluster needs root"
-    elif missing := [p for p in ("slurmctld", "slurmd", "sbatch", "munged", "ip", "tc", "nsenter") if not shutil.which(p)]:
-        reason = f"missing {', '.join(missing)}"
-    if reason:
-        if IN_CI:
-            pytest.fail(f"must run under CI=true, but: {reason}")
-        pytest.skip(reason)
+    require_root_and(("slurmctld", "slurmd", "sbatch", "munged", "ip", "tc", "nsenter"), "the emulated cluster")
     results, state = tmp_path / "results", tmp_path / "lc"
     cmd = [sys.executable, "-m", "compare", "run", "--cluster", "emulated", "--links", "1gbit", "--study", "tiny",
            "--results-dir", str(results), "--state-dir", str(state), "--net-id", str(_free_net_id()),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, child_env, records
+from conftest import ROOT, child_env, records, unavailable
 
 sys.path.insert(0, str(ROOT / "slurm"))
 from sweep_status import job_state  # noqa: E402
@@ -27,14 +27,7 @@ LOCALCLUSTER = [sys.executable, "-m", "slurm.localcluster"]
 VENV = Path(sys.prefix)  # the venv running the tests: the sbatch scripts activate it
 TINY = ["--dataset", "synthetic", "--width", "0.125", "--image-size", "32", "--per-worker-batch", "8",
         "--epochs", "1", "--steps-per-epoch", "4", "--warmup-steps", "1"]
-IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 SLURM_PROGRAMS = ("slurmctld", "slurmd", "sbatch", "munged", "ip", "nsenter", "unshare")
-
-
-def unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"SLURM must run under CI=true, but: {reason}")
-    pytest.skip(reason)
 
 
 def why_no_slurm() -> str | None:
