@@ -1,4 +1,5 @@
 """The Horovod sync trainer, run for real: horovodrun over Gloo and over MPI, digits accuracy, bad input."""
+import statistics
 import sys
 
 import pytest
@@ -9,10 +10,10 @@ TINY = ["--dataset", "synthetic", "--width", "0.25", "--image-size", "32", "--pe
         "--epochs", "2", "--steps-per-epoch", "6", "--warmup-steps", "2", "--study", "t"]
 
 
-def horovodrun(controller: str, np_: int, args: list[str], timeout: float = 600):
+def horovodrun(controller: str, np_: int, args: list[str], timeout: float = 600, **env: str):
     cmd = [str(BIN / "horovodrun"), f"--{controller}", "-np", str(np_), "-H", f"localhost:{np_}",
            sys.executable, "-m", "train.sync_allreduce", *args]
-    return run(cmd, timeout=timeout)
+    return run(cmd, timeout=timeout, **env)
 
 
 @pytest.mark.slow
@@ -29,6 +30,32 @@ def test_two_ranks_write_one_record_with_identical_weights(controller, results):
     assert len(rec["weights_sha256"]) == 2 and len(set(rec["weights_sha256"])) == 1
     assert len(rec["rank_cpu_affinity"]) == 2 and rec["rank_cpu_affinity"][0] == rec["cpu_affinity"]
     assert rec["versions"]["horovod"] == "0.28.1" and rec["versions"]["tensorflow"] == "2.15.1"
+    # No GPU here: the trainer's CPU default cycle time is what the record says is in effect.
+    assert rec["horovod_settings"] == {"horovod_cycle_time": {"value": "10", "source": "trainer default on CPU"}}
+
+
+@pytest.mark.slow
+def test_cycle_time_default_reaches_horovod_and_the_users_value_wins(results, tmp_path):
+    """Horovod's timeline marks every cycle of its background thread (HOROVOD_TIMELINE_MARK_CYCLES): the
+    cycles must be as far apart as the trainer's default says, and a user's HOROVOD_CYCLE_TIME must win."""
+    from compare.timeline import load_events
+
+    spacing_ms, settings = {}, {}
+    for name, env in (("default", {}), ("user", {"HOROVOD_CYCLE_TIME": "1"})):
+        timeline = tmp_path / f"{name}.json"
+        args = TINY[:-2] + ["--study", name, "--epochs", "1", "--results-dir", str(results)]
+        proc = horovodrun("gloo", 2, args, HOROVOD_TIMELINE=str(timeline), HOROVOD_TIMELINE_MARK_CYCLES="1", **env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        [rec] = records(results, name)
+        settings[name] = rec["horovod_settings"]["horovod_cycle_time"]
+        starts = sorted(e["ts"] for e in load_events(str(timeline)) if e.get("name") == "CYCLE_START")
+        assert len(starts) > 20, f"{name}: {len(starts)} cycles marked"
+        spacing_ms[name] = statistics.median(b - a for a, b in zip(starts, starts[1:])) / 1e3  # ts in us
+    assert settings == {"default": {"value": "10", "source": "trainer default on CPU"},
+                        "user": {"value": "1", "source": "user"}}
+    # Horovod sleeps out the rest of each cycle, so cycles are never closer than the setting.
+    assert spacing_ms["default"] >= 9.0, spacing_ms
+    assert spacing_ms["user"] < 0.5 * spacing_ms["default"], spacing_ms
 
 
 @pytest.mark.slow

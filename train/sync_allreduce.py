@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = measure.set_up(cfg)  # before hvd.init starts TensorFlow's runtime
 
     # Horovod: one process per device; pin one GPU per local rank when there are GPUs.
+    horovod_settings = measure.horovod_defaults()  # Horovod: cycle time on CPU ranks, user's values win
     hvd.init()
     measure.pin_gpu(hvd.local_rank())  # Horovod:
     num_workers, rank = hvd.size(), hvd.rank()  # Horovod:
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         fields={"num_ps": 0, "hosts": sorted(set(hosts)), "rank_cpu_affinity": affinities,
                 "weights_sha256": digests, "resumed_from_epoch": initial_epoch or None, "engine": "horovod",
                 "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo",  # Horovod:
+                "horovod_settings": horovod_settings,  # Horovod: the settings in effect and their source
                 **wire.record_fields()})  # Horovod: bytes sent/received per step, ratio, compress time
 
 
