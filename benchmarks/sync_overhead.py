@@ -17,6 +17,7 @@ throughout and printed with the result: on a loaded machine the ratios are not e
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -31,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from compare.timeline import breakdown, load_events  # noqa: E402  (no TensorFlow)
+from train.record import git_state  # noqa: E402  (no TensorFlow)
 
 PY = sys.executable
 HOROVODRUN = str(Path(PY).parent / "horovodrun")
@@ -99,6 +101,7 @@ def main() -> int:
     if len(os.sched_getaffinity(0)) < 2:
         print("sync_overhead: error: the benchmark needs 2 cores", file=sys.stderr)
         return 2
+    sha, dirty = git_state()  # the conditions go with the numbers
     tmp = tempfile.mkdtemp(prefix="sync-overhead-")
     load = LoadSampler()
     load.start()
@@ -143,10 +146,20 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
+            "git_sha": sha, "dirty": dirty, "cpu": _cpu_model(), "cores": os.cpu_count(),
+            "versions": {m: importlib.metadata.version(m) for m in ("tensorflow-cpu", "horovod")},
             "command": " ".join(sys.argv), "args": vars(args), "rates": rates, "medians": med,
             "ratios": ratios, "goals": GOALS, "timeline": timelines,
             "load_avg": {"mean": statistics.fmean(loads), "max": max(loads), "samples": len(loads)}}, indent=1))
     return 0
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
 
 
 def _np1_breakdown(path: str) -> dict:
