@@ -167,7 +167,8 @@ class DilatedBackend(EmulatedBackend):
                 bench = self.bench(cfg, link, rep) if cfg.bench else None
                 out.append(Stage(f"{link} D={here[0].dilation:g} r{rep}", here, bench,
                                  self._up(cfg, link, nodes_needed(cfg), ("--burst", str(burst_bytes(link)),
-                                                                                "--queue-ms", f"{queue_ms(link):.1f}"))))
+                                                                                "--queue-ms", f"{queue_ms(link):.1f}",
+                                                                                "--congestion-control", CONGESTION))))
         return out
 
     def bench(self, cfg: StudyConfig, link: str, rep: int) -> tuple[list[str], str]:
@@ -208,13 +209,22 @@ class DilatedBackend(EmulatedBackend):
                 "--results-dir", os.path.abspath(cfg.results_dir), "--run-id", rid]
 
 
-def queue_ms(link: str) -> float:
-    """tbf queue of a dilated link, in ms at its rate: 10 ms, or 128 KiB where 10 ms holds less. Behind
-    localcluster's default 100 ms the ACKs of a node's incoming flow wait (its egress queue holds both): a
-    2-node Horovod allreduce reached 60% of 312.5 Mbit/s, 93% at 10 ms; at 39 Mbit/s a 10 ms queue (49 kB)
-    dropped enough to reach 52% (2026-11-29)."""
-    return max(10.0, 1e3 * 131072 / rate_Bps(link))
+# TCP congestion control on the dilated nodes. This host's default, inherited by every namespace, is BBR.
+# Under it the link bench's largest exchanges (2.6 MB) stalled by 0.13-0.17 s on one rank or the other, with
+# or without drops, queue 13-40 ms, slow start after idle on or off: 59-83% of 78 Mbit/s. The likely cause
+# (not observed directly) is BBR's PROBE_RTT (a 4-packet window for 200 ms every 10 s without a new minimum
+# RTT, which a standing queue prevents). Under loss-based Reno (the only other one a namespace may pick
+# here) with a queue that holds its window (queue_ms) no exchange stalled (2026-11-29; README, "Time-dilated").
+CONGESTION = "reno"
 
+
+def queue_ms(link: str) -> float:
+    """tbf queue of a dilated link, in ms at its rate: 512 KiB, at least 10 ms. Under Reno a queue shorter
+    than about 400 kB dropped enough of a 2.6 MB exchange to stall it (78 Mbit/s: 131 kB gave 83-94%; 39
+    Mbit/s: 195 kB 76%), one of ~400-500 kB did not (78 Mbit/s, 40 ms = 390 kB: 93-94%, 4 benches; 39
+    Mbit/s, 100 ms = 488 kB: 93%, 2 benches, no drop). Behind localcluster's default 100 ms at 312.5 Mbit/s
+    (3.9 MB) the ACKs of a node's incoming flow waited (its egress queue holds both): 60% (BBR) (2026-11-29)."""
+    return max(10.0, 1e3 * 524288 / rate_Bps(link))
 
 
 def burst_bytes(link: str) -> int:

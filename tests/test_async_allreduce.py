@@ -102,6 +102,9 @@ def test_digits_two_ranks_reach_90_percent(results):
     assert curve[-1]["val_top1"] >= 0.90, [round(p["val_top1"], 3) for p in curve]
     assert rec["final"]["val_top1"] == curve[-1]["val_top1"]  # the final model (BN statistics averaged)
     assert len(set(rec["weights_sha256"])) == 1 and rec["staleness"]["n"] == rec["sub_batches"]
+    # Applied sub-batches cannot outpace computed ones for long. The other rank's backlog from rank 0's
+    # evaluations once landed inside the rate's windows (417.5 vs 354.8 img/s computed); 10%: window noise.
+    assert rec["images_per_sec"] <= 1.1 * rec["compute_images_per_sec"], (rec["images_per_sec"], rec["compute_images_per_sec"])
 
 
 # ---------------------------------------------------------------- failure and bad input

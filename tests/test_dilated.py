@@ -220,6 +220,7 @@ def test_quick_dilated_study_on_namespace_nodes(tmp_path):
         d = r["dilation"]
         assert d["controller"] == "mpi" and d["link_rate"] == r["link"]["rate"] and d["K"] == 256
         assert d["ranks"] == r["num_workers"] and d["nodes"] == len(set(r["hosts"])) and d["host_cpu_s_per_step"] > 0
+        assert r["link"]["tcp_congestion_control"] == "reno"  # the nodes' TCP, as the backend set it
     assert sorted(len(set(r["hosts"])) for r in ok) == [1, 2, 2]
     assert sorted(r["dilation"]["D"] for r in ok) == [2, 2, 4]
     for r in ok:  # sleeps, not compute: the emulated rate is the profile's, within what exposed comm costs

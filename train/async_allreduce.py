@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     cond = threading.Condition()  # Async: guards the accumulator: compute adds, the comm thread takes
     weights_lock = threading.Lock()  # Async: an update lands whole, never in the middle of a snapshot
     s = SimpleNamespace(count=0, versions=[], done=False, version=0, applied=0, sizes=[], staleness=[],  # Async:
-                        allreduce_s=[], segments=[[]], measuring=False, any_done=False, error=None)  # Async:
+                        allreduce_s=[], segments=[[]], measuring=False, resume_at=0, any_done=False,  # Async:
+                        error=None)
 
     def communicate() -> None:  # Async: the communication thread
         try:
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                         s.version += 1
                     s.sizes.append(k)
                     s.applied += k
-                    if is_writer and s.measuring and not finished:  # while every rank computes
+                    if is_writer and s.measuring and not finished and s.version >= s.resume_at:  # steady state
                         s.segments[-1].append((time.perf_counter(), s.applied, s.version))
                 s.any_done = s.any_done or finished > 0  # rates are measured while every rank computes
                 if finished == num_workers:  # every rank's last sub-batch is in: all ranks stop here
@@ -197,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
                 point.update({f"val_{k}": v for k, v in worker.evaluate(eval_ds, verbose=0, return_dict=True).items()})
                 compute_segments.append([])
                 s.segments.append([])
+                # Async: the other ranks computed on during this evaluation; their backlog lands within the
+                # next two updates (one already waiting in the allreduce, then the accumulator) and would
+                # count as a burst of applied sub-batches: the rate resumes after it.
+                with weights_lock:
+                    s.resume_at = s.version + 2
                 s.measuring = True
             curve.append(point)
             print(" ".join(f"{k}={v:.4g}" for k, v in point.items()), flush=True)

@@ -143,7 +143,8 @@ def link_info(env=None) -> dict:
         nodes = int(nodes) if nodes not in (None, "") else None
     except ValueError:
         pass
-    return {"rate": env.get("LOCALCLUSTER_LINK"), "delay_ms": delay, "nodes": nodes}
+    return {"rate": env.get("LOCALCLUSTER_LINK"), "delay_ms": delay, "nodes": nodes,
+            "tcp_congestion_control": env.get("LOCALCLUSTER_TCP_CC") or None}
 
 
 def base_record(cfg, mode: str, run_id: str, started_at: str) -> dict:

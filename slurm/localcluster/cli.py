@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,9 +52,11 @@ def cmd_up(a: argparse.Namespace) -> int:
         write_configs(c)
         if c.state["multi"]:
             net_up(c)
-            if (link, a.delay, a.burst, a.queue_ms) != (c.state.get("link"), c.state.get("delay_ms"),
-                                                        c.state.get("burst"), c.state.get("queue_ms")) or not was_up:
-                shape(c, link, a.delay, a.burst, a.queue_ms)
+            wanted_cc = a.congestion_control or c.state.get("congestion")
+            if (link, a.delay, a.burst, a.queue_ms, wanted_cc) != (
+                    c.state.get("link"), c.state.get("delay_ms"), c.state.get("burst"), c.state.get("queue_ms"),
+                    c.state.get("congestion")) or not was_up:
+                shape(c, link, a.delay, a.burst, a.queue_ms, a.congestion_control)
         else:
             c.state["link"], c.state["delay_ms"] = None, None
         start_munged(c)
@@ -131,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--burst", type=int, default=None,
                     help="tbf bucket depth in bytes (default max(256 KiB, 2 ms at the rate))")
     ap.add_argument("--queue-ms", type=float, default=None, help="tbf latency: queue length in ms at the rate (default 100)")
+    ap.add_argument("--congestion-control", default=None, metavar="NAME",
+                    help="the nodes' TCP congestion control, e.g. reno (default: what the host gives a new namespace)")
     ap.add_argument("--cpus-per-node", type=int, default=None, help="CPUs (cores of this machine) each node gets (default nproc/N, at least 1)")
     ap.add_argument("--net-id", type=int, default=int(os.environ.get("LOCALCLUSTER_NET_ID", 77)),
                     help="multi-node: bridge br<ID>, subnet 10.<ID>.0.0/24, namespaces lc<ID>n<K>")
@@ -154,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         die(f"--queue-ms must be > 0, got {a.queue_ms}", 2)
     if a.burst is not None and a.burst < 1600:  # tbf drops packets larger than its bucket
         die(f"--burst must be >= 1600 bytes (one full-size packet), got {a.burst}", 2)
+    if a.congestion_control is not None and not re.fullmatch(r"[a-z0-9_]+", a.congestion_control):
+        die(f"bad --congestion-control {a.congestion_control!r}; e.g. reno, cubic, bbr", 2)
     if a.link not in (None, "", "none", "unlimited") and not RATE_RE.match(a.link):
         die(f"bad --link {a.link!r}; use e.g. 10gbit, 1gbit, 200mbit (or none)", 2)
     preflight()

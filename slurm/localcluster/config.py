@@ -123,4 +123,5 @@ def write_link_env(c: Cluster) -> None:
     (c.dir / "etc" / "link.env").write_text(
         f"export LOCALCLUSTER_NODES={st['nodes']}\n"
         f"export LOCALCLUSTER_LINK={link or ('unlimited' if st.get('multi') else 'none')}\n"
-        f"export LOCALCLUSTER_DELAY_MS={st.get('delay_ms') or 0}\n")
+        f"export LOCALCLUSTER_DELAY_MS={st.get('delay_ms') or 0}\n"
+        f"export LOCALCLUSTER_TCP_CC={(st.get('congestion') if st.get('multi') else None) or ''}\n")

@@ -58,15 +58,24 @@ def net_up(c: Cluster) -> None:
 
 
 def shape(c: Cluster, link: str | None, delay: float | None, burst: int | None = None,
-          queue_ms: float | None = None) -> None:
+          queue_ms: float | None = None, congestion: str | None = None) -> None:
     """tbf for bandwidth (+ netem for one-way delay) on every node's egress (eth0 in its namespace).
     burst (bytes): the token bucket's depth; default max(256 KiB, 2 ms at the rate). A time-dilated study
     (compare/dilated.py) sends less per step than 256 KiB and passes a smaller one. queue_ms: tbf's latency
     (queue length in time at the rate), default 100 ms; a node's egress queue also holds the ACKs of what it
-    receives, and behind 100 ms of data an allreduce between two nodes reached ~60% of the rate (93% at 10 ms)."""
+    receives, and behind 100 ms of data an allreduce between two nodes reached ~60% of the rate (93% at 10 ms).
+    congestion: the nodes' TCP congestion control (None: what a new namespace inherits from the host)."""
     st = c.state
     for n in st["node_list"]:
         ns = n["netns"]
+        if congestion:
+            p = sh(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"net.ipv4.tcp_congestion_control={congestion}"],
+                   check=False)
+            if p.returncode != 0:
+                allowed = sh(["ip", "netns", "exec", ns, "sysctl", "-n", "net.ipv4.tcp_allowed_congestion_control"],
+                             check=False).stdout.strip()
+                raise ClusterError(f"--congestion-control {congestion}: a node may use only {allowed or 'reno'} "
+                                   f"({p.stderr.strip()})")
         sh(["tc", "-n", ns, "qdisc", "del", "dev", "eth0", "root"], check=False)
         if link:
             bits = rate_bits(link)
@@ -80,10 +89,12 @@ def shape(c: Cluster, link: str | None, delay: float | None, burst: int | None =
             sh(["tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "handle", "10:",
                 "netem", "delay", f"{delay}ms", "limit", "100000"])
     st["link"], st["delay_ms"], st["burst"], st["queue_ms"] = link, delay, burst, queue_ms
+    st["congestion"] = sh(["ip", "netns", "exec", st["node_list"][0]["netns"], "sysctl", "-n",
+                           "net.ipv4.tcp_congestion_control"]).stdout.strip() if st["node_list"] else None
     c.save()
     write_link_env(c)
     if st["node_list"]:
-        log(f"links shaped: rate {link or 'unlimited'}, one-way delay {delay or 0} ms on "
+        log(f"links shaped: rate {link or 'unlimited'}, one-way delay {delay or 0} ms, TCP {st['congestion']} on "
             + ", ".join(f"{n['netns']}:eth0" for n in st["node_list"]))
 
 
