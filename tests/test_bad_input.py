@@ -44,6 +44,8 @@ CASES = [
     ("localcluster-zero-nodes", [PY, "slurm/localcluster.py", "up", "--nodes", "0"], {}, "--nodes must be >= 1"),
     ("sweep-zero-gpus-per-node", ["bash", "slurm/sweep.sh", "--dry-run", "--gpus-per-node", "0"], {},
      "--gpus-per-node must be a positive integer"),
+    ("localcluster-bad-congestion-control", [PY, "slurm/localcluster.py", "up", "--nodes", "2",
+                                             "--congestion-control", "re no"], {}, "bad --congestion-control"),
     ("localcluster-more-cpus-than-cores", [PY, "slurm/localcluster.py", "up", "--nodes", "2", "--cpus-per-node",
                                            "9999"], {}, "--cpus-per-node must be <="),
     ("sweep-bad-bench-nodes", ["bash", "slurm/sweep.sh", "--dry-run", "--bench-nodes", "3"], {},
