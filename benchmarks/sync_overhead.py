@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from compare.launch import cpu_model  # noqa: E402  (no TensorFlow)
 from compare.timeline import breakdown, load_events  # noqa: E402  (no TensorFlow)
 from train.record import git_state  # noqa: E402  (no TensorFlow)
 
@@ -146,20 +147,12 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
-            "git_sha": sha, "dirty": dirty, "cpu": _cpu_model(), "cores": os.cpu_count(),
+            "git_sha": sha, "dirty": dirty, "cpu": cpu_model(), "cores": os.cpu_count(),
             "versions": {m: importlib.metadata.version(m) for m in ("tensorflow-cpu", "horovod")},
             "command": " ".join(sys.argv), "args": vars(args), "rates": rates, "medians": med,
             "ratios": ratios, "goals": GOALS, "timeline": timelines,
             "load_avg": {"mean": statistics.fmean(loads), "max": max(loads), "samples": len(loads)}}, indent=1))
     return 0
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        return None
 
 
 def _np1_breakdown(path: str) -> dict:

@@ -50,16 +50,17 @@ def parse(argv: list[str]) -> tuple[DilatedPSConfig, argparse.Namespace]:
 
 
 def staircase_rate(samples: list[tuple[float, int]], images_per_update: int) -> dict:
-    """images/sec as the least-squares slope of (time, update count) samples, and the slope's SE."""
+    """images/sec as the least-squares slope of (time, update count) samples, and the slope's SE; no
+    window rates are averaged (windows None)."""
     if len(samples) < 3 or samples[-1][0] <= samples[0][0]:
-        return {"images_per_sec": None, "images_per_sec_se": None}
+        return {"images_per_sec": None, "images_per_sec_se": None, "windows": None}
     xs, ys = [t for t, _ in samples], [float(n) for _, n in samples]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
     resid = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys))
     se = (resid / (len(xs) - 2) / sxx) ** 0.5
-    return {"images_per_sec": slope * images_per_update, "images_per_sec_se": se * images_per_update}
+    return {"images_per_sec": slope * images_per_update, "images_per_sec_se": se * images_per_update, "windows": None}
 
 
 def main(argv: list[str] | None = None) -> int:
