@@ -153,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     t_c = plan["t_compute_s"] * D
     t_fwd, t_bwd = t_c * (1 - plan["backward_fraction"]), t_c * plan["backward_fraction"]
     deadlines = [t_fwd + (t_bwd if cfg.delay == "end" else x * t_bwd) for x in ready]
+    # each rank's compute-time scales: over the measured steps the normal's quantiles, shuffled per rank, so every
+    # rank's mean is exactly t_compute and its spread exactly step_cv (plain draws left the 1-rank baseline off by
+    # their own sample mean, up to ~1% at 6 steps); the step's max over ranks is what the straggler term models
     rng = random.Random(cfg.seed * 100003 + rank)
+    z = [statistics.NormalDist().inv_cdf((i + 0.5) / cfg.steps) for i in range(cfg.steps)]
+    z = [rng.gauss(0.0, 1.0) for _ in range(cfg.warmup_steps)] + rng.sample(z, len(z))
 
     grads = [tf.Variable(tf.ones([sent[i]]), trainable=False, name=f"g{i}") for i in order]
 
@@ -175,9 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             with tf.control_dependencies([prev]):
                 outs.append(hvd.allreduce(tf.identity(g), op=hvd.Sum, name=f"dilated_g{j}"))
         bwd_end = tf.py_function(sleep_until, [t0, scale, tf.constant(t_fwd + t_bwd, tf.float64), prev], tf.float64)
-        with tf.control_dependencies([bwd_end] + outs):
-            done = tf.py_function(now, [bwd_end], tf.float64)
-        return bwd_end, done
+        # the step ends when every allreduce has returned. A data input, not a control dependency: inside a
+        # tf.function a py_function's control dependency on ops whose outputs are not fetched did not hold, and
+        # each rank ran at its own pace, never waiting for the others (found 2026-11-29; the straggler test)
+        reduced = tf.add_n([o[0] for o in outs])   # every rank sends ones: p per tensor when the sum happened
+        done = tf.py_function(now, [bwd_end, reduced], tf.float64)
+        return bwd_end, done, reduced
 
     samples, exposed, steps_done = [], [], 0
     cpu0 = wall0 = t_done = None
@@ -187,12 +195,14 @@ def main(argv: list[str] | None = None) -> int:
             cpu0, wall0 = _cpu_s(), time.monotonic()
             t_done = wall0
             samples.append((wall0 / D, steps_done))
-        scale = max(0.05, 1.0 + cv * rng.gauss(0.0, 1.0)) if cv > 0 else 1.0
+        scale = max(0.05, 1.0 + cv * z[s])
         # the emulated GPU starts its next step when the last allreduce of this one returned: this loop's own
         # dispatch time (host, not emulated cluster) then hides in the next forward delay, unless it is longer
         t0 = t_done if t_done is not None else time.monotonic()
-        bwd_end, done = step(tf.constant(t0, tf.float64), tf.constant(scale, tf.float64))
+        bwd_end, done, reduced = step(tf.constant(t0, tf.float64), tf.constant(scale, tf.float64))
         t_done = float(done.numpy())
+        if float(reduced.numpy()) != p * len(grads):
+            raise RuntimeError(f"step {s}: the allreduce summed to {float(reduced.numpy()):g}, not {p * len(grads)}")
         steps_done += 1
         if s >= cfg.warmup_steps:
             samples.append((t_done / D, steps_done))
