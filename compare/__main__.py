@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dilation", type=_number(float, 0, False), help="dilated: D, real seconds per emulated second")
     a("--byte-dilation", type=_number(int, 1, True), help="dilated: K, each gradient tensor's size / K")
     a("--ranks-per-node", type=_number(int, 1, True), help="dilated: ranks on each emulated node")
+    a("--async-max-workers", type=_number(int, 0, True), help="dilated: async arm only up to this many workers (0: all)")
     a("--slurm-cpu", action="store_true", help="slurm: CPU-only nodes (sweep.sh --cpu)")
     a("--sweep-arg", action="append", default=[], help="slurm: extra argument for slurm/sweep.sh (repeatable)")
 
@@ -120,7 +121,7 @@ RUN_FIELDS = ("study", "results_dir", "modes", "workers", "repeats", "heads", "i
               "async_allreduce_lr",
               "ps", "intra_op_threads", "dataset", "lr", "ceiling", "bench", "timeout", "load_interval_s",
               "links", "emulated_runs", "bench_reps", "bench_factors", "state_dir", "net_id", "keep_up")
-RUN_FIELDS += ("profile", "dilation", "byte_dilation", "ranks_per_node")  # the dilated backend (issue 14)
+RUN_FIELDS += ("profile", "dilation", "byte_dilation", "ranks_per_node", "async_max_workers")  # the dilated backend (issue 14)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,7 +137,8 @@ def plan_dilated(cfg: StudyConfig) -> list[Run]:
         for d, ps, modes in ((cfg.dilation, cfg.workers, cfg.modes), (2 * cfg.dilation, (max(cfg.workers),), ("sync",))):
             link = dilated_rate(cfg.profile, cfg.byte_dilation, d)
             for p in ps:
-                for mode in [m for m in ("sync", "async") if m in modes]:
+                for mode in [m for m in ("sync", "async") if m in modes
+                             and not (m == "async" and cfg.async_max_workers and p > cfg.async_max_workers)]:
                     runs.append(Run("main", mode, p, head, size, "none", rep, link=link,
                                     nodes=math.ceil(p / cfg.ranks_per_node), dilation=d))
     return runs
@@ -292,13 +293,17 @@ def fidelity(study_dir: str, max_d_change: float = 0.03, min_link_fraction: floa
     for link in links:
         mine = [b for b in benches if os.path.basename(b).startswith(f"dilatedbench-{link.lower()}-")]
         shaped = rate_Bps(link)
-        got = []
+        got, busy = [], []
         for path in mine:
             try:
                 with open(path, encoding="utf-8") as f:
-                    got.append(float(json.load(f)["bw_Bps"]))
+                    bench = json.load(f)
+                got.append(float(bench["bw_Bps"]))
             except (OSError, ValueError, KeyError, TypeError):
-                pass
+                continue
+            b = (bench.get("host_before") or {}).get("cpu_busy_frac")
+            if isinstance(b, (int, float)):
+                busy.append(b)
         if not got:
             checks.append({"check": f"link {link}", "ok": False, "value": None, "threshold": min_link_fraction,
                            "text": f"no link bench at {link}: the link check cannot be made"})
@@ -310,7 +315,8 @@ def fidelity(study_dir: str, max_d_change: float = 0.03, min_link_fraction: floa
                        "text": f"link bench at {link} reached {min(got) / 1e6:.3g}"
                                + (f"-{max(got) / 1e6:.3g}" if len(got) > 1 else "")
                                + f" MB/s = {lo:.0%}" + (f"-{hi:.0%}" if len(got) > 1 else "")
-                               + f" of the shaped {shaped / 1e6:.3g} MB/s (needs {min_link_fraction:.0%}-{upper:.0%})"})
+                               + f" of the shaped {shaped / 1e6:.3g} MB/s (needs {min_link_fraction:.0%}-{upper:.0%})"
+                               + (f"; host CPU busy {max(busy):.0%} when it started" if busy else "")})
     costs = [(r["dilation"].get("host_busy_fraction"), r["num_workers"], r["dilation"]["D"]) for r in recs
              if r["dilation"].get("host_busy_fraction") is not None]
     if costs:  # informational: the dilation check is what fails a study measured by its host

@@ -19,6 +19,7 @@ import socket
 import statistics
 import sys
 import threading
+import time
 
 from train.record import append_json_line, now_iso
 
@@ -79,6 +80,23 @@ class Sampler:
         self._stop.set()
         self._thread.join(timeout=5)
         self.sample()
+
+
+def wait_quiet(max_busy: float = 0.25, window_s: float = 3.0, timeout_s: float = 120.0) -> dict:
+    """Wait until the CPUs were busy at most `max_busy` over `window_s` (e.g. the processes of a finished run
+    still exiting), at most `timeout_s`. What was found, for the measurement's own record."""
+    t0, busy = time.monotonic(), math.nan
+    while True:
+        a = _cpu_times()
+        time.sleep(window_s)
+        b = _cpu_times()
+        if not a or not b or b[0] <= a[0]:
+            break  # no /proc/stat: nothing to wait for
+        busy = (b[0] - a[0] - (b[1] - a[1]) - (b[2] - a[2])) / (b[0] - a[0])
+        if busy <= max_busy or time.monotonic() - t0 >= timeout_s:
+            break
+    return {"cpu_busy_frac": None if math.isnan(busy) else busy, "quiet": not busy > max_busy,
+            "max_busy": max_busy, "waited_s": time.monotonic() - t0, "loadavg1": _loadavg1(), "t": now_iso()}
 
 
 def read(path: str) -> list[dict]:

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from compare.hostload import Sampler, load_path
+from compare.hostload import Sampler, load_path, wait_quiet
 from compare.plan import Run, StudyConfig, as_dict, cores_available, plan
 from train import record
 
@@ -148,12 +148,21 @@ class Study:
 
     def run_bench(self, argv: list[str], out: str) -> dict:
         name = os.path.splitext(os.path.basename(out))[0]
+        # a bench measures the link, not what the previous run left on the CPUs (a 48-rank job takes a while to
+        # exit: a bench right after one reached 63% of its link, 2026-11-29)
+        quiet = wait_quiet()
         try:
             proc, log = start(argv, os.path.join(self.log_dir, f"{name}.log"), self.backend.env(self.cfg), self.root)
         except OSError as e:
             return {"status": "failed", "error": f"cannot start {argv[0]}: {e.strerror}"}
         [code] = wait_all([(name, proc, log)], time.monotonic() + self.cfg.timeout, lambda key: None)
         if code == 0 and os.path.exists(out):
+            with open(out, encoding="utf-8") as f:
+                res = json.load(f)
+            res["host_before"] = quiet  # the bench's conditions: how busy the host was when it started
+            with open(out + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(res, f, indent=1)
+            os.replace(out + ".tmp", out)
             return {"status": "ok"}
         with open(os.path.join(self.log_dir, f"{name}.log"), encoding="utf-8", errors="replace") as f:
             return {"status": "failed", "error": f"exit code {code}: {_tail(f.read())}"}
