@@ -400,7 +400,8 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
                    "host": _stat(g, "host_busy_fraction", max), "host_cpu": _stat(g, "host_cpu_s_per_step", max),
                    "real_step": _stat(g, "real_step_s", max), "n": len(g)}
             rows.append(row)
-            out_rows.append({**row, "profile": profile, "head": head, "batch": batch, "D": d, "K": k})
+            out_rows.append({**row, "profile": profile, "head": head, "batch": batch, "D": d, "K": k,
+                             "arm": arm if mode == "sync" else f"async_ps ({shards} PS)"})
         head_cols = ["p", "nodes", "runs", "emulated img/s", "speedup", "efficiency", "exposed comm (emulated ms)",
                      "real step s", "host CPU s/step", "host busy"]
         if fid["ok"]:
@@ -426,6 +427,11 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
     else:
         md += [f"**Fidelity check failed: {fid['reason']}.** The emulated points are listed but not compared with the "
                "model: the emulation may have measured this host, not the emulated cluster.", ""]
+    from compare import plots
+    if plots.plot_dilated(out_rows, scaling.load_profile_data()["seed_claim"], os.path.join(study_dir, "dilated.png"),
+                          fid["ok"]) is not None:
+        plots.plt.close("all")
+        md += ["![emulated efficiency vs p, with the model](dilated.png)", ""]
     md += ["What dilation emulates: the real communication software (Horovod, its fusion and negotiation, MPI/Gloo, "
            "TCP over tc-shaped links) at the emulated cluster's bandwidth/latency ratio, with compute as timed sleeps "
            "along the measured gradient-ready curve. What it does not: GPU kernels, PCIe contention and host staging "

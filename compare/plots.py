@@ -402,6 +402,48 @@ def plot_gpu_projection(rows: dict[str, list[dict]], seed: dict, path: str) -> p
     return _save(fig, path)
 
 
+# ------------------------------------------------------------------ the time-dilated cluster (issue 14)
+def plot_dilated(rows: list[dict], seed: dict, path: str, compared: bool) -> plt.Figure | None:
+    """Emulated efficiency (speedup / p) per arm: filled markers with ±1 SE bars, the model's prediction for the
+    same profile as an open-marker line of the same color (only when every fidelity check passed), the seed's
+    lower bound. rows: compare/dilated.py section rows (arm, p, speedup, rel_se, model)."""
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7.6, 4.8))
+    ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="ideal (efficiency 1)")
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    for k, arm in enumerate(arms):
+        pts = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["p"])
+        color, marker = ARM_STYLES["sync_allreduce" if arm.startswith("sync") else "async_ps"]
+        p = np.array([r["p"] for r in pts], dtype=float) * (1 + 0.03 * (k - (len(arms) - 1) / 2))  # no overlap
+        eff = np.array([r["speedup"] for r in pts]) / np.array([r["p"] for r in pts])
+        ax.errorbar(p, eff, yerr=eff * np.array([r["rel_se"] for r in pts]), fmt=marker, color=color, markersize=6,
+                    capsize=3, label=f"{arm}: emulated (D, K dilated), ±1 SE")
+        if compared:
+            ax.plot(p, [r["model"] / r["p"] for r in pts], "--", marker=marker, mfc="none", color=color, alpha=0.8,
+                    label=f"{arm}: model (compare/scaling.py), same profile")
+    bound = seed["speedup"] / seed["gpus"]
+    ax.plot([seed["gpus"]], [bound], marker="^", markersize=11, color="crimson", linestyle="none", zorder=6,
+            label=f"seed study: >{seed['speedup']:g}x at {seed['gpus']} GPUs (efficiency > {bound:.2f}), a lower bound")
+    ax.annotate("", xy=(seed["gpus"], min(1.0, bound + 0.2)), xytext=(seed["gpus"], bound),
+                arrowprops=dict(arrowstyle="->", color="crimson", lw=1.5))
+    ticks = sorted({r["p"] for r in rows} | {seed["gpus"]})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.set_xlabel("emulated GPUs (ranks; 3 a node)")
+    lo = min(min(r["speedup"] / r["p"] for r in rows), bound)
+    ax.set_ylim(max(0.0, lo - 0.1), 1.04)
+    ax.set_ylabel("efficiency = speedup / GPUs")
+    ax.grid(True, alpha=0.3)
+    r0 = rows[0]
+    ax.set_title(f"Time-dilated {r0['profile']}: cnn11 {r0['head']} head, batch {r0['batch']} per GPU, "
+                 f"D = {r0['D']:g}, K = {r0['K']}" + ("" if compared else " (fidelity check failed: no model)"),
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
 # ------------------------------------------------------------------ the async all-reduce arm (issue 16)
 def plot_async_allreduce(df: pd.DataFrame, path: str) -> plt.Figure | None:
     """Two panels: sub-batches per update (the effective mini-batch) and staleness of each sub-batch, one bar

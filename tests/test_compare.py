@@ -541,6 +541,10 @@ def test_tiny_study_then_report_end_to_end(tmp_path: Path):
     assert all(0 < r["mfu"] <= 1 for r in recs) and len({r["git_sha"] for r in recs}) == 1
     bench = json.loads((results / "e2e" / "allreduce.json").read_text())
     assert bench["np"] == 2 and bench["alpha_s"] >= 0 and bench["bw_Bps"] > 0
+    emu = bench["step_emulation"]  # the exchange measured beside compute, at the sync trainer's Horovod settings
+    assert emu["tensors"] == 35 and "how" in emu and emu["horovod_settings"]["horovod_cycle_time"]["value"] == "10"
+    assert all(a > 0 for a in emu["chunk_plus_allreduce_s"]) and emu["delta_s"] == emu["delta_s"]  # not NaN
+    assert bench["host_before"]["cpu_busy_frac"] is not None  # the launcher waited for a quiet host, and says so
     assert (results / "e2e" / "load.jsonl").stat().st_size > 0
     before = runs.read_bytes()  # a second run on the same host and commit starts nothing
     again = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -550,6 +554,7 @@ def test_tiny_study_then_report_end_to_end(tmp_path: Path):
     assert rep.returncode == 0, rep.stderr[-3000:]
     text = (results / "e2e" / "report.md").read_text()
     assert "Points the model was not calibrated on" in text and "1-minute load average" in text
+    assert "2-rank exchange on the compute core: tax" in text  # the model's sync term, from the bench
     ar = text.split("## Asynchronous all-reduce (the seed's method, issue 16)")[1].split("\n## ")[0]
     assert "What the measurements say" in ar and next(line for line in ar.splitlines() if line.startswith("| 2 | 1 |"))
     assert "| async_allreduce | gap | none | 1 | 1 |" in text  # predicted vs measured beside the other arms

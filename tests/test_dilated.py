@@ -160,6 +160,7 @@ def test_slow_link_bench_fails_and_passing_study_is_compared(tmp_path):
     # p = 4: emulated speedup 4.00 against the model's own (straggler, overhead): its error is worded
     want = dilated.model_point("tsubame2.5", "gap", 4, 4)["speedup"]
     assert "| 4 | 2 | 1 |" in section and f"{want:.2f}" in section
+    assert "](dilated.png)" in section and (study / "dilated.png").stat().st_size > 10_000  # emulated beside model
 
 
 # ---------------------------------------------------------------- real runs

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import horovod.tensorflow as hvd
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from train import measure
     shapes = []
     grad = args.grad_bytes
     if args.model:
@@ -59,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     chunk(x0, tf.constant(200)).numpy()
     per_rep = (time.perf_counter() - t0) / 200
-    chunk_reps = [max(1, int(ms / 1e3 / per_rep)) for ms in (60, 180)]
+    n_grads = max(1, len(shapes))
+    # two step lengths (60 and 180 ms): a forward third, then the backward two thirds in one piece per
+    # gradient tensor, each tensor's allreduce issued when its piece ends (backward order, as the
+    # DistributedOptimizer issues them while backward still runs)
+    pieces = [(max(1, round(ms / 3e3 / per_rep)), max(1, round(ms * 2 / 3e3 / per_rep / n_grads))) for ms in (60, 180)]
+    totals = [fwd + n_grads * bwd for fwd, bwd in pieces]
 
     def timed(fn, reps=7):
         out = []
@@ -69,30 +75,32 @@ def main(argv: list[str] | None = None) -> int:
             out.append(time.perf_counter() - t0)
         return statistics.median(out)
 
-    pre = [timed(lambda r=r: chunk(x0, tf.constant(r)).numpy()) for r in chunk_reps]
+    pre = [timed(lambda r=r: chunk(x0, tf.constant(r)).numpy()) for r in totals]
 
+    settings = measure.horovod_defaults()  # Horovod: the trainer's settings (cycle time on CPU ranks)
     hvd.init()
-    # ... and again with Horovod running, then followed by the allreduce of the model's own
-    # gradient tensors inside one function, as the DistributedOptimizer issues them each step.
-    grads = [tf.ones(s) for s in shapes] or [tf.ones([max(1, grad // 4)])]
+    # ... and again with Horovod running, interleaved with the allreduce of the model's own gradient tensors
+    grads = [tf.ones(s) for s in shapes[::-1]] or [tf.ones([max(1, grad // 4)])]
 
     @tf.function
-    def step(x, reps):
-        y = chunk(x, reps)
-        with tf.control_dependencies([y]):
-            red = [hvd.allreduce(g + 0.0, op=hvd.Average, name=f"grad{i}") for i, g in enumerate(grads)]
-        return y, red
+    def step(x, fwd, bwd):
+        y, red = chunk(x, fwd), []
+        for i, g in enumerate(grads):
+            y = chunk(y, bwd)
+            with tf.control_dependencies([y]):
+                red.append(hvd.allreduce(g + 0.0, op=hvd.Average, name=f"grad{i}"))
+        return y, red  # both fetched: inside a tf.function an unfetched op is not waited on
 
-    def run_step(r):
-        y, red = step(x0, tf.constant(r))
+    def run_step(fwd, bwd):
+        y, red = step(x0, tf.constant(fwd), tf.constant(bwd))
         y.numpy(), [t.numpy() for t in red]
 
-    run_step(1)
-    post = [timed(lambda r=r: chunk(x0, tf.constant(r)).numpy()) for r in chunk_reps]
+    run_step(1, 1)
+    post = [timed(lambda r=r: chunk(x0, tf.constant(r)).numpy()) for r in totals]
     hvd.allreduce(tf.zeros([1]), name="barrier0").numpy()
-    with_ar = [timed(lambda r=r: run_step(r)) for r in chunk_reps]
-    # b = a0 (1 + g) + delta over the two chunk lengths: g, the proportional CPU tax of running
-    # Horovod beside the compute on the same core; delta, the fixed per-step exchange.
+    with_ar = [timed(lambda fb=fb: run_step(*fb)) for fb in pieces]
+    # b = a0 (1 + g) + delta over the two step lengths: g, the proportional CPU tax of running
+    # Horovod beside the compute on the same core; delta, the per-step exchange the compute does not hide.
     pre_all = [max(v) for v in zip(*hvd.allgather_object(pre))]
     post_all = [max(v) for v in zip(*hvd.allgather_object(post))]
     ar_all = [max(v) for v in zip(*hvd.allgather_object(with_ar))]
@@ -100,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     delta = ar_all[0] - pre_all[0] * (1.0 + g)
     emulation = {"chunk_s_before_init": pre_all, "chunk_s_after_init": post_all,
                  "chunk_plus_allreduce_s": ar_all, "tensors": len(grads), "tax": g, "delta_s": delta,
-                 "fit": "chunk+allreduce = chunk_before_init * (1 + tax) + delta, two chunk lengths, max over ranks"}
+                 "horovod_settings": settings,
+                 "how": "a third of the step as forward, then one piece of backward per gradient tensor, its "
+                        "allreduce issued as the piece ends (backward order, the model's own shapes)",
+                 "fit": "chunk+allreduce = chunk_before_init * (1 + tax) + delta, two step lengths, max over ranks"}
 
     sizes = sorted({int(s) for s in args.sizes.split(",") if s} | ({grad} if grad else set()))
     # The per-worker matmul peak, measured once here the way train/measure.py does (best of 5
