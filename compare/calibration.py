@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import os
 import re
 import statistics
@@ -141,31 +140,10 @@ def calibrate_local(df: pd.DataFrame, table: pd.DataFrame, bench: dict | None,
         info["assumptions"].append("async all-reduce: p ranks on p cores; the 1-worker sub-batch time (measured, "
                                    "its communication thread included) times kappa(p); the rank never waits.")
     costs = compression_costs(df)
-    exchange = cpu_exchange(bench)
-    if exchange:
-        info["assumptions"].append("sync: the 2-rank exchange costs a step the bench's measured tax and delta "
-                                   "(its interleaved step, the model's own tensors, the trainer's Horovod settings), "
-                                   "scaled by the bytes sent; beyond 2 ranks the alpha-beta ring's growth is added.")
-    else:
-        info["assumptions"].append("sync: no interleaved-step measurement in allreduce.json: the exchange is the "
-                                   "alpha-beta ring time, none of it hidden.")
-    info.update({"async_allreduce_sub": sub, "compressions": costs, "cpu_exchange": exchange})
+    info.update({"async_allreduce_sub": sub, "compressions": costs})
     prof = scaling.local_profile(alpha, bw, workloads, kappa, overhead, cores, assumptions=info["assumptions"],
-                                 async_allreduce_sub=sub, compressions=costs, cpu_exchange=exchange)
+                                 async_allreduce_sub=sub, compressions=costs)
     return prof, info
-
-
-def cpu_exchange(bench: dict) -> dict[str, float]:
-    """tax and delta_s of the bench's interleaved step (train/bench_allreduce.py), when it measured one
-    (an older bench timed one chunk, then every allreduce: {})."""
-    e = bench.get("step_emulation")
-    if not isinstance(e, dict) or "how" not in e:
-        return {}
-    try:
-        tax, delta = float(e["tax"]), float(e["delta_s"])
-    except (KeyError, TypeError, ValueError):
-        return {}
-    return {"tax": tax, "delta_s": delta} if math.isfinite(tax) and math.isfinite(delta) else {}
 
 
 # ------------------------------------------------------------------ the emulated cluster, per link rate

@@ -158,9 +158,6 @@ def local_model_section(profile, calib: dict, val: pd.DataFrame) -> list[str]:
         [f"t_compute[{h}] = {t * 1e3:.1f} ms/step" for h, t in calib["t_compute"].items()]
         + [f"kappa = {{{', '.join(f'{p}: {k:.3f}' for p, k in sorted(calib['kappa'].items()))}}}",
            f"alpha = {calib['alpha'] * 1e6:.0f} us, B = {calib['bw'] / 1e9:.2f} GB/s (allreduce.json)"]
-        + ([f"2-rank exchange on the compute core: tax {calib['cpu_exchange']['tax']:+.3f}, delta "
-            f"{calib['cpu_exchange']['delta_s'] * 1e3:.1f} ms a step (allreduce.json, interleaved step)"]
-           if calib.get("cpu_exchange") else [])
         + [f"async 1-worker update[{h}] = {o * 1e3:.1f} ms" for h, o in calib["overhead"].items()]
         + [f"async all-reduce 1-worker sub-batch[{h}] = {o * 1e3:.1f} ms" for h, o in calib["async_allreduce_sub"].items()]
         + [f"compression {c}: ratio {v.ratio:.1f}, {v.compress_s_per_B * 1e9:.2f} ns per fp32 byte, "

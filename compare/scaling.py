@@ -117,14 +117,6 @@ def sync_step_time(t_compute: float, t_comm: float, overlap: float) -> float:
 
 
 # ------------------------------------------------------------------ parameter servers
-def cpu_exchange_step(t_compute: float, byte_ratio: float, t_comm: float, t_comm_2: float, *, tax: float,
-                      delta_s: float) -> float:
-    """A synchronous step of a CPU rank whose exchange runs on its own compute core: the compute slowed by
-    the measured tax, the measured 2-rank exchange delta (scaled by the bytes sent, e.g. fp16 halves it: an
-    assumption), and what the alpha-beta ring adds beyond 2 ranks."""
-    return t_compute * (1.0 + tax) + delta_s * byte_ratio + max(0.0, t_comm - t_comm_2)
-
-
 def ps_update_rate(p: int, t_update: float, n: float, shards: int, bw_ps: float) -> float:
     """Updates per second of p async workers: min(p / t_update, S * B_ps / (2n))."""
     _check_p(p)
@@ -185,9 +177,6 @@ class Profile:
     # async all-reduce (local): by head, the measured 1-worker sub-batch time (compute + its comm thread)
     async_allreduce_sub: dict[str, float] = field(default_factory=dict)
     compressions: dict[str, CompressionCost] = field(default_factory=dict)  # measured (issue 15)
-    # CPU ranks (local): what a 2-rank exchange costs a step whose compute shares the rank's core, from the
-    # allreduce bench's interleaved step (train/bench_allreduce.py): {"tax": g, "delta_s": d}
-    cpu_exchange: dict[str, float] = field(default_factory=dict)
     cores: int | None = None
     assumptions: list[str] = field(default_factory=list)
 
@@ -214,11 +203,6 @@ class Profile:
         overlap = self.overlap if c.overlapped else 0.0  # after-backward exchanges hide nothing
         step = sync_step_time(t_c, t_comm, overlap) + extra
         exposed = t_comm - min(t_comm, overlap * BACKWARD_FRACTION * t_c) + extra
-        if self.cpu_exchange and p > 1:
-            step = cpu_exchange_step(t_c, n / w.grad_bytes, t_comm, allreduce_time(
-                n, 2, self.per_node, self.alpha_intra, self.bw_intra, self.alpha_inter, self.bw_node),
-                **self.cpu_exchange) + extra
-            exposed = step - t_c
         bound = "comm" if exposed > 0.1 * t_c else "compute"
         return Prediction(p * w.batch / step, step, t_comm + extra, bound)
 
@@ -353,8 +337,7 @@ def head_dense_counts(head: str, image_size: int, width: float, num_classes: int
 def local_profile(alpha: float, bw: float, workloads: dict[str, Workload], kappa: dict[int, float],
                   async_update: dict[str, float], cores: int, data: dict | None = None,
                   assumptions: list[str] | None = None, async_allreduce_sub: dict[str, float] | None = None,
-                  compressions: dict[str, CompressionCost] | None = None,
-                  cpu_exchange: dict[str, float] | None = None) -> Profile:
+                  compressions: dict[str, CompressionCost] | None = None) -> Profile:
     """The measured profile of this machine: one pinned core per worker, nodes of `cores` cores.
 
     alpha/bw from the allreduce microbenchmark are used within and between nodes (a cluster of
@@ -366,7 +349,7 @@ def local_profile(alpha: float, bw: float, workloads: dict[str, Workload], kappa
                    overlap=d["overlap"], bw_ps=0.0, workloads=workloads, sources=d["sources"],
                    kappa=dict(kappa), async_update=dict(async_update), cores=cores,
                    assumptions=list(assumptions or []), async_allreduce_sub=dict(async_allreduce_sub or {}),
-                   compressions=dict(compressions or {}), cpu_exchange=dict(cpu_exchange or {}))
+                   compressions=dict(compressions or {}))
 
 
 # ------------------------------------------------------------------ sensitivity: the band on every projection

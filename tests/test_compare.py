@@ -554,7 +554,6 @@ def test_tiny_study_then_report_end_to_end(tmp_path: Path):
     assert rep.returncode == 0, rep.stderr[-3000:]
     text = (results / "e2e" / "report.md").read_text()
     assert "Points the model was not calibrated on" in text and "1-minute load average" in text
-    assert "2-rank exchange on the compute core: tax" in text  # the model's sync term, from the bench
     ar = text.split("## Asynchronous all-reduce (the seed's method, issue 16)")[1].split("\n## ")[0]
     assert "What the measurements say" in ar and next(line for line in ar.splitlines() if line.startswith("| 2 | 1 |"))
     assert "| async_allreduce | gap | none | 1 | 1 |" in text  # predicted vs measured beside the other arms

@@ -90,28 +90,6 @@ def test_async_allreduce_arm_images_by_compute_updates_by_the_allreduce_period()
     assert _profile().predict("async_allreduce", "gap", 1).images_per_sec == pytest.approx(64 / 0.5)
 
 
-def test_cpu_exchange_term_from_the_interleaved_bench():
-    """A CPU rank's exchange shares its core: step = t_c kappa (1 + tax) + delta x bytes ratio + the ring's growth
-    beyond 2 ranks (hand-computed); the bench file's step_emulation is read only when it is the interleaved one."""
-    from compare.calibration import cpu_exchange
-
-    prof = _profile(cpu_exchange={"tax": 0.02, "delta_s": 0.04})
-    t_c = 0.5 * 1.1
-    two = prof.sync("gap", 2)
-    assert two.step_s == pytest.approx(t_c * 1.02 + 0.04) and two.images_per_sec == pytest.approx(128 / (t_c * 1.02 + 0.04))
-    # fp16 halves the bytes and the delta; 4 ranks (2 nodes of 2) add the hierarchical ring's growth over p = 2
-    half = prof.sync("gap", 2, "fp16")
-    assert half.step_s == pytest.approx(t_c * 1.02 + 0.02)
-    grow = (scaling.allreduce_time(4.0e6, 4, 2, 1e-3, 1e9, 1e-3, 1e9) - scaling.allreduce_time(4.0e6, 2, 2, 1e-3, 1e9, 1e-3, 1e9))
-    assert grow > 0 and prof.sync("gap", 4).step_s == pytest.approx(t_c * 1.02 + 0.04 + grow)
-    assert prof.sync("gap", 1).step_s == pytest.approx(0.5)  # one rank: nothing exchanged
-    assert _profile().sync("gap", 2).step_s == pytest.approx(t_c + 2e-3 + 4.0e6 / 1e9)  # no measurement: alpha-beta
-    emu = {"tax": 0.016, "delta_s": 0.018, "how": "interleaved"}
-    assert cpu_exchange({"step_emulation": emu}) == {"tax": 0.016, "delta_s": 0.018}
-    assert cpu_exchange({"step_emulation": {"tax": 0.016, "delta_s": 0.018}}) == {}  # the older chunk-then-allreduce
-    assert cpu_exchange({}) == {} and cpu_exchange({"step_emulation": {**emu, "delta_s": None}}) == {}
-
-
 def test_compression_cost_in_the_comm_term():
     topk = scaling.CompressionCost("topk:0.01", ratio=50.0, compress_s_per_B=1e-8, gather=True, overlapped=False)
     psgd = scaling.CompressionCost("powersgd:4", ratio=20.0, compress_s_per_B=2e-8, overlapped=False)
