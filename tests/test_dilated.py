@@ -53,6 +53,12 @@ def test_ready_offsets_follow_the_curve():
     assert abs(share - by_quarter) < 0.12
     # a single end-of-step delay would make every tensor ready at 1: per-layer placement starts most bytes early
     assert share > 0.5
+    # the first layer's gradient is backward's last result, for every head (fc4096's rounded curve reads 1.0
+    # from 0.908 of backward on: its last tensors once sat there, and a slow rank then delayed no step)
+    for head in ("gap", "fc4096"):
+        c = dilated.grad_counts(head)[::-1]
+        x = dilated.ready_offsets(c, scaling.measured_terms("tsubame2.5")["ready_curves"][head]["ready_curve"])
+        assert x[-1] == 1.0 and x[-2] < 1.0 and x == sorted(x)
 
 
 def test_quick_plan_and_rates():

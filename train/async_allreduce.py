@@ -19,7 +19,7 @@ import tensorflow as tf
 import horovod.tensorflow as hvd  # Async:
 from horovod.tensorflow import allgather_object, broadcast_object  # Async:
 
-from train import data, measure, record
+from train import checkpoint, data, measure, record
 from train.config import parse_config
 from train.model import cnn11
 
@@ -72,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     seen = tf.Variable(0.0, trainable=False)  # Async: sub-batches applied so far, all ranks
     warmup_sub_batches = cfg.lr_warmup_epochs * steps_per_epoch * num_workers
     optimizer._create_all_weights(model.trainable_variables)  # slots made here, not inside the comm thread
+    # Async: rank 0 picks the newest complete checkpoint; every rank loads it (the weights of one update, the
+    # optimizer's slots and step, the sub-batches seen). Sub-batches accumulated but not yet applied when the
+    # job died are lost, as an update in flight on any asynchronous cluster.
+    state = tf.train.Checkpoint(model=model, optimizer=optimizer, seen=seen)
+    resume = broadcast_object(checkpoint.latest(cfg.checkpoint_dir), root_rank=0)  # Async:
+    initial_epoch = resume[0] if resume else 0
+    if resume:
+        checkpoint.restore(resume[1], state).assert_existing_objects_matched()
     acc = [tf.Variable(tf.zeros_like(v), trainable=False) for v in model.trainable_variables]  # Async:
     compression = hvd.Compression.fp16 if cfg.compression == "fp16" else hvd.Compression.none  # Async:
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     curve, compute_segments, losses, hits = [], [[]], [], []
     blocked = 0.0  # Async: seconds the compute loop waited to take a lock the comm thread held
-    for step in range(cfg.epochs * steps_per_epoch):
+    for step in range(initial_epoch * steps_per_epoch, cfg.epochs * steps_per_epoch):
         if s.error:  # Async:
             raise RuntimeError("train.async_allreduce: the communication thread failed") from s.error
         images, labels = next(batches)
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             cond.notify()  # Async:
         losses.append(float(loss))
         hits.append(float(hit))
-        if step >= cfg.warmup_steps and not s.any_done:  # warm-up: this rank's first sub-batches, both rates
+        if step >= initial_epoch * steps_per_epoch + cfg.warmup_steps and not s.any_done:  # warm-up: this rank's first sub-batches, both rates
             compute_segments[-1].append((time.perf_counter(), step))
             s.measuring = True
         epoch, end_of_epoch = divmod(step + 1, steps_per_epoch)
@@ -206,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                 s.measuring = True
             curve.append(point)
             print(" ".join(f"{k}={v:.4g}" for k, v in point.items()), flush=True)
+            if cfg.checkpoint_dir:  # Async: the weights of one whole update (the comm thread waits meanwhile)
+                with weights_lock:
+                    checkpoint.save(cfg.checkpoint_dir, epoch, state, checkpoint.model_meta(cfg, spec.num_classes))
             losses, hits = [], []
     with cond:  # Async: this rank is done; the comm thread sends the rest and ends when all ranks are done
         s.done = True
@@ -225,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     compute_rates = allgather_object(record.throughput(compute_segments, cfg.per_worker_batch)["images_per_sec"])
     if not is_writer:
         return 0
+    if cfg.checkpoint_dir:  # the final weights (BN statistics averaged), as the sync arm's last epoch
+        checkpoint.save(cfg.checkpoint_dir, cfg.epochs, state, checkpoint.model_meta(cfg, spec.num_classes))
     last = {"epoch": cfg.epochs, "wall_s": wall, "steps": s.version, "images": s.applied * cfg.per_worker_batch,
             "loss": sum(losses) / max(1, len(losses)), "top1": sum(hits) / max(1, len(hits))}
     if eval_ds is not None:  # the final model: BN statistics averaged, identical on every rank
@@ -236,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                                    steps=s.version, peak=peak))
     effective = record.summarize(s.sizes)  # Async: sub-batches per update, over all ranks
     rec.update({"num_ps": 0, "hosts": sorted(set(hosts)), "weights_sha256": digests,
-                "resumed_from_epoch": None, "engine": "horovod",
+                "resumed_from_epoch": initial_epoch or None, "engine": "horovod",
                 "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo",
                 "lr_rule": LR_RULES[cfg.lr_rule], "comm_delay_ms": cfg.comm_delay_ms, "updates": s.version,
                 "sub_batches": s.applied, "effective_batch": effective,

@@ -111,7 +111,7 @@ class RunConfig:
             raise ConfigError(f"bad study name {self.study!r}")
         check_writable_dir(os.path.join(self.results_dir, self.study))
         if self.checkpoint_dir:
-            check_writable_dir(self.checkpoint_dir)
+            check_writable_dir(self.checkpoint_dir, "--checkpoint-dir")
         return self
 
 
@@ -147,19 +147,19 @@ def parse_compression(text: str) -> CompressionSpec:
     raise ConfigError(f"unknown compression {text!r}; choose {', '.join(COMPRESSIONS)}")
 
 
-def check_writable_dir(path: str) -> None:
+def check_writable_dir(path: str, what: str = "results dir") -> None:
     """ConfigError unless `path` is, or could be made as, a writable dir. Leaves nothing behind."""
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
-        raise ConfigError(f"results dir is not writable: {path} ({probe} is not a directory)")
+        raise ConfigError(f"{what} is not writable: {path} ({probe} is not a directory)")
     try:  # os.access says yes to root everywhere; a real file creation tells the truth
         fd, name = tempfile.mkstemp(prefix=".write-probe-", dir=probe)
         os.close(fd)
         os.unlink(name)
     except OSError as e:
-        raise ConfigError(f"results dir is not writable: {path} ({e.strerror})") from None
+        raise ConfigError(f"{what} is not writable: {path} ({e.strerror})") from None
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -168,13 +168,10 @@ class _OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-# The async all-reduce arm takes the sync arm's options except these (plus its own fields).
-ASYNC_ALLREDUCE_WITHOUT = ("checkpoint_dir",)
-
-
 def _arms(f: dataclasses.Field) -> tuple[str, ...]:
+    """The async all-reduce arm takes every option of the sync arm (plus its own fields)."""
     arms = f.metadata["arms"]
-    if "sync" in arms and f.name not in ASYNC_ALLREDUCE_WITHOUT:
+    if "sync" in arms:
         arms = (*arms, "async_allreduce")
     return arms
 

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--batch must be > 0, got {args.batch}")
         if args.logits_dir:
             from train.config import check_writable_dir
-            check_writable_dir(args.logits_dir)
+            check_writable_dir(args.logits_dir, "--logits-dir")
     except (ConfigError, OSError, KeyError, ValueError) as e:
         ap.error(str(e))
 
