@@ -163,10 +163,10 @@ PRESETS: dict[str, dict] = {
     "emulated": dict(cluster="emulated", heads=("fc4096",), width=0.25, per_worker_batch=32, repeats=1,
                      steps_per_epoch=12, async_steps_per_epoch=24, warmup_steps=2, timeout=300.0),
     # issue 14: the seed's cluster time-dilated: 3 ranks a node, p = 1..48, sync arm (compare/dilated.py)
-    # async (PS, 1 shard) up to 24 workers: 26 TensorFlow processes of ~300-450 MB each (48 would not fit 24 GiB)
+    # both arms at every p (async: PS, 1 shard; at p = 24 its 26 TensorFlow processes held 7.6 GB in all)
     "dilated": dict(cluster="dilated", modes=("sync", "async"), workers=(1, 3, 6, 12, 24, 48), heads=("gap",),
                     image_sizes=(224,), width=1.0, per_worker_batch=64, repeats=1, steps_per_epoch=6,
-                    warmup_steps=2, ceiling=False, timeout=1800.0, ranks_per_node=3, dilation=2.0, async_max_workers=24,
+                    warmup_steps=2, ceiling=False, timeout=1800.0, ranks_per_node=3, dilation=2.0,
                     byte_dilation=256, state_dir="/tmp/localcluster-dilated", net_id=86, load_interval_s=10.0),
     # the mechanism on every change: p = 1, 2, 4 on 2 nodes, small batch (short steps), small D
     "dilated-quick": dict(cluster="dilated", modes=("sync",), workers=(1, 2, 4), heads=("gap",),
