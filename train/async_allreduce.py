@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     curve, compute_segments, losses, hits = [], [[]], [], []
     blocked = 0.0  # Async: seconds the compute loop waited to take a lock the comm thread held
-    for step in range(initial_epoch * steps_per_epoch, cfg.epochs * steps_per_epoch):
+    first_step = initial_epoch * steps_per_epoch  # Async: a resumed run starts at its checkpoint's epoch
+    for step in range(first_step, cfg.epochs * steps_per_epoch):
         if s.error:  # Async:
             raise RuntimeError("train.async_allreduce: the communication thread failed") from s.error
         images, labels = next(batches)
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             cond.notify()  # Async:
         losses.append(float(loss))
         hits.append(float(hit))
-        if step >= initial_epoch * steps_per_epoch + cfg.warmup_steps and not s.any_done:  # warm-up: this rank's first sub-batches, both rates
+        if step >= first_step + cfg.warmup_steps and not s.any_done:  # warm-up: this rank's first sub-batches
             compute_segments[-1].append((time.perf_counter(), step))
             s.measuring = True
         epoch, end_of_epoch = divmod(step + 1, steps_per_epoch)
