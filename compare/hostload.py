@@ -45,6 +45,14 @@ def _loadavg1() -> float:
         return math.nan
 
 
+def _busy_steal(a: tuple[int, int, int] | None, b: tuple[int, int, int] | None) -> tuple[float, float]:
+    """(busy, steal) fractions of the CPUs between two _cpu_times() readings; NaN when they cannot tell."""
+    if not a or not b or b[0] <= a[0]:
+        return math.nan, math.nan
+    dt = b[0] - a[0]
+    return (dt - (b[1] - a[1]) - (b[2] - a[2])) / dt, (b[2] - a[2]) / dt
+
+
 class Sampler:
     """A daemon thread appending a sample to `path` every `interval` s (and one at stop)."""
 
@@ -56,11 +64,7 @@ class Sampler:
 
     def sample(self) -> dict:
         now = _cpu_times()
-        steal = busy = math.nan
-        if now and self._last and now[0] > self._last[0]:
-            dt = now[0] - self._last[0]
-            steal = (now[2] - self._last[2]) / dt
-            busy = (dt - (now[1] - self._last[1]) - (now[2] - self._last[2])) / dt
+        busy, steal = _busy_steal(self._last, now)
         self._last = now
         row = {"t": now_iso(), "loadavg1": _loadavg1(), "steal_frac": steal, "cpu_busy_frac": busy,
                "host": socket.gethostname()}
@@ -85,16 +89,13 @@ class Sampler:
 def wait_quiet(max_busy: float = 0.25, window_s: float = 3.0, timeout_s: float = 120.0) -> dict:
     """Wait until the CPUs were busy at most `max_busy` over `window_s` (e.g. the processes of a finished run
     still exiting), at most `timeout_s`. What was found, for the measurement's own record."""
-    t0, busy = time.monotonic(), math.nan
+    t0 = time.monotonic()
     while True:
         a = _cpu_times()
         time.sleep(window_s)
-        b = _cpu_times()
-        if not a or not b or b[0] <= a[0]:
-            break  # no /proc/stat: nothing to wait for
-        busy = (b[0] - a[0] - (b[1] - a[1]) - (b[2] - a[2])) / (b[0] - a[0])
-        if busy <= max_busy or time.monotonic() - t0 >= timeout_s:
-            break
+        busy, _ = _busy_steal(a, _cpu_times())
+        if math.isnan(busy) or busy <= max_busy or time.monotonic() - t0 >= timeout_s:
+            break  # NaN: no /proc/stat, nothing to wait for
     return {"cpu_busy_frac": None if math.isnan(busy) else busy, "quiet": not busy > max_busy,
             "max_busy": max_busy, "waited_s": time.monotonic() - t0, "loadavg1": _loadavg1(), "t": now_iso()}
 

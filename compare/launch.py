@@ -74,6 +74,13 @@ def start(argv: list[str], log_path: str, env: dict, cwd: str) -> tuple[subproce
         raise
 
 
+def _write_json(path: str, obj: dict) -> None:
+    """Written whole or not at all: a temp file, then one rename."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def wait_all(procs: list, deadline: float, on_timeout) -> list[int | None]:
     """Wait for every process until `deadline` (monotonic); kill the groups of the late ones (None)."""
     codes = []
@@ -131,10 +138,7 @@ class Study:
                 "started_at": record.now_iso(), "host": platform.node(), "cores": cores_available(),
                 "cpu": cpu_model(), "python": platform.python_version(), "platform": platform.platform(),
                 "git_sha": self.sha, "git_dirty": self.dirty}
-        path = os.path.join(cfg.study_dir, "study.json")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=1)
-        os.replace(path + ".tmp", path)
+        _write_json(os.path.join(cfg.study_dir, "study.json"), info)
 
     def _archive(self) -> None:
         """Move the study's results of another commit/host to previous/<time>/ (kept, not mixed in)."""
@@ -160,9 +164,7 @@ class Study:
             with open(out, encoding="utf-8") as f:
                 res = json.load(f)
             res["host_before"] = quiet  # the bench's conditions: how busy the host was when it started
-            with open(out + ".tmp", "w", encoding="utf-8") as f:
-                json.dump(res, f, indent=1)
-            os.replace(out + ".tmp", out)
+            _write_json(out, res)
             return {"status": "ok"}
         with open(os.path.join(self.log_dir, f"{name}.log"), encoding="utf-8", errors="replace") as f:
             return {"status": "failed", "error": f"exit code {code}: {_tail(f.read())}"}

@@ -56,6 +56,16 @@ def seed_lower_bound(ax, seed: dict) -> None:
                 arrowprops=dict(arrowstyle="-|>", color="crimson", lw=1.8))
 
 
+def seed_efficiency_bound(ax, seed: dict) -> float:
+    """The seed's '>30x at 48 GPUs' on an efficiency axis: a triangle at 30/48 with an arrow up; returns 30/48."""
+    bound = seed["speedup"] / seed["gpus"]
+    ax.plot([seed["gpus"]], [bound], marker="^", markersize=11, color="crimson", linestyle="none", zorder=6,
+            label=f"seed study: >{seed['speedup']:g}x at {seed['gpus']} GPUs (efficiency > {bound:.2f}), a lower bound")
+    ax.annotate("", xy=(seed["gpus"], min(1.0, bound + 0.2)), xytext=(seed["gpus"], bound),
+                arrowprops=dict(arrowstyle="->", color="crimson", lw=1.5))
+    return bound
+
+
 def direct_labels(ax, items: list[tuple[float, float, str, str]], min_ratio: float = 1.3) -> None:
     """Text at each curve's right end (x, y, text, color), nudged apart so no label covers another (log y)."""
     placed: list[float] = []
@@ -368,11 +378,7 @@ def efficiency_panel(ax, series: list[tuple[str, list[dict], str, str]], seed: d
     for y, text, color in ends:
         ax.annotate(text, (48, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7.5,
                     color=color, annotation_clip=False)
-    bound = seed["speedup"] / seed["gpus"]
-    ax.plot([seed["gpus"]], [bound], marker="^", markersize=11, color="crimson", linestyle="none", zorder=6,
-            label=f"seed study: >{seed['speedup']:g}x at {seed['gpus']} GPUs (efficiency > {bound:.2f}), a lower bound")
-    ax.annotate("", xy=(seed["gpus"], min(1.0, bound + 0.2)), xytext=(seed["gpus"], bound),
-                arrowprops=dict(arrowstyle="->", color="crimson", lw=1.5))
+    seed_efficiency_bound(ax, seed)
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(scaling.PROJECTION_GPUS))
     ax.set_xticklabels([str(g) for g in scaling.PROJECTION_GPUS])
@@ -422,11 +428,7 @@ def plot_dilated(rows: list[dict], seed: dict, path: str, compared: bool) -> plt
         if compared:
             ax.plot(p, [r["model"] / r["p"] for r in pts], "--", marker=marker, mfc="none", color=color, alpha=0.8,
                     label=f"{arm}: model (compare/scaling.py), same profile")
-    bound = seed["speedup"] / seed["gpus"]
-    ax.plot([seed["gpus"]], [bound], marker="^", markersize=11, color="crimson", linestyle="none", zorder=6,
-            label=f"seed study: >{seed['speedup']:g}x at {seed['gpus']} GPUs (efficiency > {bound:.2f}), a lower bound")
-    ax.annotate("", xy=(seed["gpus"], min(1.0, bound + 0.2)), xytext=(seed["gpus"], bound),
-                arrowprops=dict(arrowstyle="->", color="crimson", lw=1.5))
+    bound = seed_efficiency_bound(ax, seed)
     ticks = sorted({r["p"] for r in rows} | {seed["gpus"]})
     ax.set_xscale("log", base=2)
     ax.set_xticks(ticks)

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     # optimizer's slots and step, the sub-batches seen). Sub-batches accumulated but not yet applied when the
     # job died are lost, as an update in flight on any asynchronous cluster.
     state = tf.train.Checkpoint(model=model, optimizer=optimizer, seen=seen)
+    ckpt_meta = checkpoint.model_meta(cfg, spec.num_classes)
     resume = broadcast_object(checkpoint.latest(cfg.checkpoint_dir), root_rank=0)  # Async:
     initial_epoch = resume[0] if resume else 0
     if resume:
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(f"{k}={v:.4g}" for k, v in point.items()), flush=True)
             if cfg.checkpoint_dir:  # Async: the weights of one whole update (the comm thread waits meanwhile)
                 with weights_lock:
-                    checkpoint.save(cfg.checkpoint_dir, epoch, state, checkpoint.model_meta(cfg, spec.num_classes))
+                    checkpoint.save(cfg.checkpoint_dir, epoch, state, ckpt_meta)
             losses, hits = [], []
     with cond:  # Async: this rank is done; the comm thread sends the rest and ends when all ranks are done
         s.done = True
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if not is_writer:
         return 0
     if cfg.checkpoint_dir:  # the final weights (BN statistics averaged), as the sync arm's last epoch
-        checkpoint.save(cfg.checkpoint_dir, cfg.epochs, state, checkpoint.model_meta(cfg, spec.num_classes))
+        checkpoint.save(cfg.checkpoint_dir, cfg.epochs, state, ckpt_meta)
     last = {"epoch": cfg.epochs, "wall_s": wall, "steps": s.version, "images": s.applied * cfg.per_worker_batch,
             "loss": sum(losses) / max(1, len(losses)), "top1": sum(hits) / max(1, len(hits))}
     if eval_ds is not None:  # the final model: BN statistics averaged, identical on every rank
