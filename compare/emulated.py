@@ -85,6 +85,8 @@ class EmulatedBackend:
     def cancel(self, cfg: StudyConfig, run_id: str) -> None:
         """Killing `sbatch --wait` leaves its job running: cancel it by name. A controller that is up answers
         in well under a second; one that is not would hold scancel for a minute of retries, for nothing."""
+        if not os.path.exists(self.env(cfg)["SLURM_CONF"]):
+            return  # no cluster of ours, so no job of ours (scancel would retry the missing file for 60 s)
         try:
             subprocess.run(["scancel", "--name", run_id], env=self.env(cfg), capture_output=True, timeout=15)
         except subprocess.TimeoutExpired:

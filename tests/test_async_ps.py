@@ -239,16 +239,16 @@ def test_digits_two_workers_accuracy(tmp_path):
     momentum; lr 0.02 with a 2-epoch linear warm-up. With Keras's BN momentum (0.99) held-out top-1 sat at
     0.13-0.37 for 7 epochs while training top-1 was 0.89-0.98 (the moving statistics trailed), and one CI
     run stayed at chance for 25 epochs without the warm-up; with BN momentum 0.9 and the warm-up: 0.95 at
-    epoch 5, 0.99 at 7 (this machine, 2026-11-28, loaded).
+    epoch 5, 0.99 at 7 (this machine, 2026-11-28, loaded). 9 epochs are run: reaching it there is within 12.
     """
-    out = run(tmp_path, "--dataset", "digits", "--workers", "2", "--ps", "1", "--epochs", "12",
+    out = run(tmp_path, "--dataset", "digits", "--workers", "2", "--ps", "1", "--epochs", "9",
               "--per-worker-batch", "64", "--lr", "0.02", "--momentum", "0.9", "--lr-warmup-epochs", "2",
               timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     (rec,) = records(tmp_path)
     curve = rec["curve"]
-    assert len(curve) == 12 and rec["num_workers"] == 2
+    assert len(curve) == 9 and rec["num_workers"] == 2
     first = next((p["epoch"] for p in curve if p["val_top1"] >= 0.90), None)
-    assert first is not None and first <= 12, [round(p["val_top1"], 3) for p in curve]
+    assert first is not None, [round(p["val_top1"], 3) for p in curve]
     assert rec["final"]["val_top1"] >= 0.90
     assert rec["staleness"]["n"] == rec["applied_updates"] and rec["staleness"]["max"] >= 1

@@ -457,9 +457,9 @@ def test_failed_runs_are_full_schema_records_and_the_study_goes_on(tmp_path: Pat
 
 def test_emulated_backend_failure_is_a_full_schema_record(tmp_path: Path):
     """No cluster up (sbatch cannot reach a controller, or is missing): every job is a failed record. sbatch
-    retries an unreachable controller for about a minute; the 10 s timeout kills it sooner (same record)."""
+    retries a missing configuration for about a minute; the 3 s timeout kills it sooner (same record)."""
     cfg = plan.preset("emulated", results_dir=str(tmp_path / "results"), study="e", links=("1gbit",),
-                      emulated_runs=("sync-1n", "ceil-2n"), bench=False, timeout=10,
+                      emulated_runs=("sync-1n", "ceil-2n"), bench=False, timeout=3,
                       state_dir=str(tmp_path / "nocluster"))
     backend = EmulatedBackend()
     backend.stages = lambda cfg, runs: [LocalBackend().stages(cfg, runs)[0]]  # no cluster: skip bringing one up

@@ -14,7 +14,7 @@ def test_ensemble_of_two_independent_digits_models(results, tmp_path):
     for seed in (0, 1):  # two independent trainings: different init and shuffles
         ckpt = tmp_path / f"ckpt{seed}"
         proc = run([sys.executable, "-m", "train.sync_allreduce", "--dataset", "digits", "--width", "0.25",
-                    "--per-worker-batch", "64", "--epochs", "3", "--seed", str(seed), "--study", "t",
+                    "--per-worker-batch", "64", "--epochs", "3", "--steps-per-epoch", "5", "--seed", str(seed), "--study", "t",
                     "--results-dir", str(results), "--checkpoint-dir", str(ckpt)], timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         members.append(ckpt)
