@@ -1,10 +1,11 @@
 """Backend `slurm`: a study on a real SLURM cluster. No TensorFlow.
 
-The jobs write their own records into results/<study>/runs.jsonl (slurm/sync.sbatch, slurm/async.sbatch);
+The jobs write their own records into results/<study>/runs.jsonl (slurm/sync.sbatch, slurm/async.sbatch,
+slurm/async_allreduce.sbatch);
 the sweep's report job records the jobs that failed (slurm/sweep_status.py, through train.record) and runs
 `compare report`. This backend builds the one submission command line from the study config:
 
-    slurm/sweep.sh --study S --results-dir R --gpus 1,2,... --trainers sync,async [--cpu] -- TRAINER FLAGS
+    slurm/sweep.sh --study S --results-dir R --gpus 1,2,... --trainers sync,async,async_allreduce [--cpu] -- TRAINER FLAGS
 
 The report treats the collected records like any other study: no allreduce bench in the study, no
 model prediction.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Submit the scaling study: the allreduce microbenchmark (a job of its own), both trainers at 1, 2, 4, 8,
-# 16, 32, 48 GPUs, then one report job that runs after all of them, whatever their outcome
+# Submit the scaling study: the allreduce microbenchmark (a job of its own), the three trainers at 1, 2, 4,
+# 8, 16, 32, 48 GPUs, then one report job that runs after all of them, whatever their outcome
 # (--dependency=afterany), and calls `compare report`.
 #
 #   slurm/sweep.sh [options] [-- trainer args...]
@@ -9,6 +9,7 @@
 #
 # Layout for G GPUs at P GPUs a node: nodes = ceil(G / P);
 #   sync:  G tasks (one per GPU), at most P a node, --gres=gpu:min(G,P)
+#   async_allreduce: as sync (slurm/async_allreduce.sbatch: the same job, the seed's trainer)
 #   async: G workers (one per GPU) + 1 chief + S parameter servers (S = --ps-per-node x nodes, or --ps),
 #          the chief and PS tasks need no GPU, --gres=gpu:min(G,P)
 #   bench: 2 tasks (slurm/bench.sbatch -> allreduce.json), on 2 nodes (one task each) when some point of
@@ -21,7 +22,7 @@
 #   --study NAME          results/<NAME>/ (default: $STUDY or "slurm")
 #   --gpus LIST           comma-separated GPU counts (default 1,2,4,8,16,32,48)
 #   --gpus-per-node P     default 3 (TSUBAME 2.5)
-#   --trainers LIST       sync,async (default both)
+#   --trainers LIST       sync,async,async_allreduce (default all three)
 #   --ps-per-node S       async parameter servers per node (default 1)
 #   --ps N                async parameter servers in total (overrides --ps-per-node)
 #   --cpu                 CPU-only nodes: no --gres (P still decides the layout)
@@ -34,6 +35,7 @@
 #   --sbatch-arg ARG      extra argument for every training sbatch (repeatable), e.g. --sbatch-arg=--partition=gpu
 #   --sync-arg ARG        extra argument for train.sync_allreduce only (repeatable)
 #   --async-arg ARG       extra argument for train.async_ps only (repeatable)
+#   --async-allreduce-arg ARG  extra argument for train.async_allreduce only (repeatable)
 #   --project-dir DIR     checkout on the shared filesystem (default: this script's repository)
 #   --venv DIR            the project's venv (default: PROJECT_DIR/.venv)
 #   --results-dir DIR     results root (default: PROJECT_DIR/results); records: DIR/<study>/runs.jsonl
@@ -51,7 +53,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 study=${STUDY:-slurm}
 gpus_list=1,2,4,8,16,32,48
 gpn=3
-trainers=sync,async
+trainers=sync,async,async_allreduce
 ps_per_node=1
 ps_total=
 cpu=0
@@ -68,6 +70,7 @@ log_dir=
 sbatch_extra=()
 sync_args=()
 async_args=()
+async_allreduce_args=()
 common_args=()
 
 die() { echo "sweep.sh: error: $*" >&2; exit 2; }
@@ -92,6 +95,8 @@ while (($#)); do
     --sync-arg=*) sync_args+=("${1#*=}"); shift ;;
     --async-arg) need "$@"; async_args+=("$2"); shift 2 ;;
     --async-arg=*) async_args+=("${1#*=}"); shift ;;
+    --async-allreduce-arg) need "$@"; async_allreduce_args+=("$2"); shift 2 ;;
+    --async-allreduce-arg=*) async_allreduce_args+=("${1#*=}"); shift ;;
     --project-dir) need "$@"; project_dir=$2; shift 2 ;;
     --venv) need "$@"; venv=$2; shift 2 ;;
     --results-dir) need "$@"; results_dir=$2; shift 2 ;;
@@ -113,7 +118,10 @@ int_re='^[1-9][0-9]*$'
 IFS=, read -ra gpus_arr <<<"$gpus_list"
 for g in "${gpus_arr[@]}"; do [[ $g =~ $int_re ]] || die "--gpus: '$g' is not a positive integer"; done
 IFS=, read -ra trainer_arr <<<"$trainers"
-for t in "${trainer_arr[@]}"; do [[ $t == sync || $t == async ]] || die "--trainers: unknown trainer '$t'"; done
+for t in "${trainer_arr[@]}"; do
+  [[ $t == sync || $t == async || $t == async_allreduce ]] ||
+    die "--trainers: unknown trainer '$t' (choose sync, async, async_allreduce)"
+done
 
 model_of_args() {  # HEAD,IMAGE_SIZE,WIDTH,CLASSES that trainer args ask for (the trainers' defaults else)
   local head=${HEAD:-gap} size=32 width=1.0 classes=10 dataset=synthetic a v i
@@ -224,11 +232,12 @@ for t in "${trainer_arr[@]}"; do
     args=(--job-name="$name" --output="$log_dir/slurm-$name-%j.out" --nodes="$nodes" "${per_task[@]}")
     (( exclusive )) && args+=(--exclusive)
     (( cpu )) || args+=(--gres="gpu:$per_node")
-    if [[ $t == sync ]]; then
+    if [[ $t == sync || $t == async_allreduce ]]; then  # one task per GPU, Horovod over MPI
       tasks=$g nps=0
       args+=(--ntasks="$tasks" --ntasks-per-node="$per_node"
              --export="$export_base,GPUS_PER_NODE=$(( cpu ? 0 : gpn ))")
-      targs=("${common_args[@]}" "${sync_args[@]}")
+      if [[ $t == sync ]]; then targs=("${common_args[@]}" "${sync_args[@]}")
+      else targs=("${common_args[@]}" "${async_allreduce_args[@]}"); fi
     else
       nps=${ps_total:-$(( ps_per_node * nodes ))}
       tasks=$(( g + 1 + nps ))

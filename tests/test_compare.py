@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pkgutil
+import re
 import signal
 import socket
 import subprocess
@@ -309,15 +310,18 @@ def test_slurm_study_without_allreduce_bench_gets_no_prediction(tmp_path: Path):
 
 def test_slurm_backend_submits_one_sweep(tmp_path: Path):
     cfg = plan.preset("local", cluster="slurm", results_dir=str(tmp_path), study="cl", workers=(1, 2, 4),
-                      modes=("sync",), width=0.5)
+                      width=0.5)  # the three arms (the seed's async all-reduce: slurm/async_allreduce.sbatch)
     argv = submit_command(cfg, cpu=True, extra=["--gpus-per-node", "2"])
     assert argv[0] == str(ROOT / "slurm" / "sweep.sh")
     sweep, trainer = argv[1:argv.index("--")], argv[argv.index("--") + 1:]
     assert dict(zip(sweep, sweep[1:]))["--gpus"] == "1,2,4" and "--cpu" in sweep and "--gpus-per-node" in sweep
+    assert dict(zip(sweep, sweep[1:]))["--trainers"] == "sync,async,async_allreduce"
     assert dict(zip(trainer, trainer[1:]))["--width"] == "0.5" and "--tag" not in argv
     p = subprocess.run([*argv[:argv.index("--")], "--dry-run", *argv[argv.index("--"):]], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0, p.stderr  # sweep.sh accepts every flag the backend builds
+    scripts = {m for line in p.stdout.splitlines() for m in re.findall(r"/slurm/(\w+)\.sbatch --dataset", line)}
+    assert scripts == {"sync", "async", "async_allreduce"}, p.stdout
     assert not (tmp_path / "cl").exists()  # a dry run submits and writes nothing
 
 

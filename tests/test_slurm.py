@@ -120,10 +120,14 @@ def dry_run(gpn: int) -> dict[str, dict[str, str]]:
 def test_sweep_dry_run_layout(gpn):
     jobs = dry_run(gpn)
     gpus = (1, 2, 4, 8, 16, 32, 48)
-    assert set(jobs) == {f"{t}-{g}g" for t in ("sync", "async") for g in gpus} | {"bench", "report"}
+    assert set(jobs) == {f"{t}-{g}g" for t in ("sync", "async", "async_allreduce") for g in gpus} | {"bench", "report"}
     for g in gpus:
         nodes = -(-g // gpn)
-        sync, asyn = jobs[f"sync-{g}g"], jobs[f"async-{g}g"]
+        sync, asyn, ar = jobs[f"sync-{g}g"], jobs[f"async-{g}g"], jobs[f"async_allreduce-{g}g"]
+        # the seed's async all-reduce is laid out as the sync arm (one task per GPU); its own script
+        assert {k: ar[k] for k in ("nodes", "ntasks", "ntasks-per-node", "gres", "export")} == \
+            {k: sync[k] for k in ("nodes", "ntasks", "ntasks-per-node", "gres", "export")}
+        assert ar["line"].rstrip().endswith("slurm/async_allreduce.sbatch --width 0.25")
         assert int(sync["nodes"]) == nodes and int(asyn["nodes"]) == nodes, (g, sync, asyn)
         assert int(sync["ntasks"]) == g and int(sync["ntasks-per-node"]) == min(g, gpn)
         assert sync["gres"] == f"gpu:{min(g, gpn)}" and asyn["gres"] == f"gpu:{min(g, gpn)}"
@@ -135,13 +139,15 @@ def test_sweep_dry_run_layout(gpn):
     assert (bench["nodes"], bench["ntasks"], bench["ntasks-per-node"], bench["gres"]) == ("2", "2", "1", "gpu:1")
     assert bench["line"].rstrip().endswith("slurm/bench.sbatch --model gap,32,0.25,10")
     deps = jobs["report"]["dependency"]
-    assert deps.startswith("afterany:") and len(deps.split(":")) == 1 + 2 * len(gpus) + 1
+    assert deps.startswith("afterany:") and len(deps.split(":")) == 1 + 3 * len(gpus) + 1
 
 
-def test_sweep_rejects_bad_option():
-    p = subprocess.run(["bash", str(ROOT / "slurm" / "sweep.sh"), "--dry-run", "--gpus-per-node", "0"],
+@pytest.mark.parametrize("args,words", [(["--gpus-per-node", "0"], "--gpus-per-node must be a positive integer"),
+                                        (["--trainers", "sync,ps"], "unknown trainer 'ps'")])
+def test_sweep_rejects_bad_option(args, words):
+    p = subprocess.run(["bash", str(ROOT / "slurm" / "sweep.sh"), "--dry-run", *args],
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize("form", [LOCALCLUSTER, [sys.executable, "slurm/localcluster.py"]],
@@ -163,16 +169,20 @@ def test_localcluster_needs_root(form):
 # ---------------------------------------------------------------- issue 5 on the one-node cluster
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_sync_sbatch_two_tasks(slurm, tmp_path):
+@pytest.mark.parametrize("mode", ["sync", "async_allreduce"])
+def test_sync_sbatch_two_tasks(slurm, tmp_path, mode):
+    """The Horovod arms as SLURM jobs: slurm/sync.sbatch, and slurm/async_allreduce.sbatch (the same job with
+    the seed's trainer): 2 tasks started by srun --mpi=pmix, one record with both ranks' cores."""
     results = tmp_path / "results"
-    p = slurm.run(["sbatch", "--wait", "-n", "2", f"--output={tmp_path}/slurm-sync-%j.out",
-                   str(ROOT / "slurm" / "sync.sbatch"), *TINY], RESULTS_DIR=str(results), STUDY="s5")
-    job_id, log = log_of(tmp_path, "sync")
+    p = slurm.run(["sbatch", "--wait", "-n", "2", f"--output={tmp_path}/slurm-{mode}-%j.out",
+                   str(ROOT / "slurm" / f"{mode}.sbatch"), *TINY], RESULTS_DIR=str(results), STUDY="s5")
+    job_id, log = log_of(tmp_path, mode)
     assert p.returncode == 0, log.read_text()[-3000:]
     recs = records(results, "s5")
     assert len(recs) == 1, recs
     rec = recs[0]
-    assert rec["status"] == "ok" and rec["mode"] == "sync" and rec["engine"] == "horovod"
+    assert rec["status"] == "ok" and rec["mode"] == mode and rec["engine"] == "horovod"
+    assert len(rec["weights_sha256"]) == 2 and len(set(rec["weights_sha256"])) == 1
     assert rec["num_workers"] == 2 and rec["slurm_job_id"] == job_id and rec["run_id"] == job_id
     assert rec["horovod_controller"] == "mpi"
     # a CPU task is a 1-core "GPU": one intra-op thread (SLURM_CPUS_PER_TASK unset: 1), bound to one core
@@ -214,7 +224,9 @@ def test_mini_sweep_report_lists_failed_job(slurm, tmp_path):
     the sweep goes on, exits 1, and the report lists them as not submitted.
     """
     results, logs = tmp_path / "results", tmp_path / "logs"
+    # two of the three trainers (the async all-reduce job: test_sync_sbatch_two_tasks and the dry-run layout)
     p = slurm.run(["bash", str(ROOT / "slurm" / "sweep.sh"), "--study", "mini", "--gpus", "1,2,4", "--cpu",
+                   "--trainers", "sync,async",
                    "--gpus-per-node", "2", "--sbatch-arg=--overcommit", "--async-arg=--width=-1", "--bench-nodes", "1",
                    "--project-dir", str(ROOT), "--venv", str(VENV), "--results-dir", str(results),
                    "--log-dir", str(logs), "--", *TINY])

@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     digests = allgather_object(measure.weights_digest(model))  # Async: ranks must agree
     hosts = allgather_object(socket.gethostname())  # Async:
+    affinities = allgather_object(record.cpu_affinity())  # Async: every rank's cores, not just the writer's
     staleness = allgather_object(s.staleness)  # Async: every rank's sub-batches, counted exactly
     blocked_fraction = allgather_object(blocked / (time.perf_counter() - t_start))  # Async: per rank
     compute_rates = allgather_object(record.throughput(compute_segments, cfg.per_worker_batch)["images_per_sec"])
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.update(measure.run_summary(cfg, tput, curve, spec.num_classes, num_workers, global_batch,
                                    steps=s.version, peak=peak))
     effective = record.summarize(s.sizes)  # Async: sub-batches per update, over all ranks
-    rec.update({"num_ps": 0, "hosts": sorted(set(hosts)), "weights_sha256": digests,
+    rec.update({"num_ps": 0, "hosts": sorted(set(hosts)), "rank_cpu_affinity": affinities, "weights_sha256": digests,
                 "resumed_from_epoch": initial_epoch or None, "engine": "horovod",
                 "horovod_controller": "mpi" if hvd.mpi_enabled() else "gloo",
                 "lr_rule": LR_RULES[cfg.lr_rule], "comm_delay_ms": cfg.comm_delay_ms, "updates": s.version,
