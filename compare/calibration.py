@@ -172,7 +172,7 @@ def bench_points(benches: list[dict]) -> tuple[list[float], list[float]]:
 
 
 def emulated_kind(row: pd.Series) -> str:
-    """sync-1n, sync-2n, async-1n, async-2n or ceil-2n: one worker a node."""
+    """sync-1n, sync-2n, async-1n, async-2n, async_allreduce-1n/-2n or ceil-2n: one worker a node."""
     if row["role"] == "ceiling":
         return f"ceil-{int(row['copies'])}n"
     return f"{row['mode']}-{int(row['num_workers'])}n"
@@ -184,7 +184,8 @@ def link_inputs(df: pd.DataFrame, benches: dict, link: str, batch: int) -> dict 
     inputs from the same minutes track it). None when an input is missing (no prediction)."""
     ok = df[(df["status"] == "ok") & df["images_per_sec"].notna() & (df["link"] == link)]
     kinds = ok.apply(emulated_kind, axis=1) if len(ok) else pd.Series(dtype=str)
-    s1, a1, ceil = (ok[kinds == k]["images_per_sec"] for k in ("sync-1n", "async-1n", "ceil-2n"))
+    s1, a1, r1, ceil = (ok[kinds == k]["images_per_sec"]
+                        for k in ("sync-1n", "async-1n", "async_allreduce-1n", "ceil-2n"))
     b = benches.get(link.lower(), [])
     if s1.empty or a1.empty or not b:
         return None
@@ -193,4 +194,6 @@ def link_inputs(df: pd.DataFrame, benches: dict, link: str, batch: int) -> dict 
     kappa = float(s1.median()) / float(ceil.median()) if len(ceil) else 1.0
     return {"t1s": batch / float(s1.median()), "t1a": batch / float(a1.median()), "alpha": alpha, "bw": bw,
             "kappa": kappa, "n_ceil": len(ceil), "bench_sizes": sizes, "bench_times": times,
-            "bench_reps": len(b), "n_s1": len(s1), "n_a1": len(a1)}
+            "bench_reps": len(b), "n_s1": len(s1), "n_a1": len(a1),
+            # the async all-reduce arm's 1-node sub-batch time (absent: no prediction for that arm)
+            "t1r": batch / float(r1.median()) if len(r1) else None, "n_r1": len(r1)}

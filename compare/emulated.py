@@ -6,6 +6,7 @@ allreduce bench across the two nodes (train.bench_link under srun: the model's o
 scaled) and the runs, each `sbatch --wait` with the job named after its run id:
   sync-1n  sync.sbatch -N1 -n1 on n1;  sync-2n  sync.sbatch -N2 -n2 (Horovod over MPI across n1, n2)
   async-1n async.sbatch -N1 -n3 (chief, PS, worker on n1); async-2n -N2 -n4 plane=3 (worker 1 on n2)
+  async_allreduce-1n/-2n  async_allreduce.sbatch, laid out as sync (the seed's method, issue 16)
   ceil-2n  two 1-worker sync.sbatch jobs at once, one on n1 and one on n2 (role ceiling, copies 2)
 The cluster is taken down at the end of the study (close). Builds command lines only.
 """
@@ -73,7 +74,7 @@ class EmulatedBackend:
                            *trainer_flags(cfg, run, rid)])
                     for i, rid in enumerate(run.run_ids())]
         [rid] = run.run_ids()
-        if run.mode == "sync":
+        if run.mode != "async":  # sync and async_allreduce: one Horovod task a node
             alloc = ["-N", "1", "-n", "1", "-w", "n1"] if run.nodes == 1 else \
                 ["-N", "2", "-n", "2", "--ntasks-per-node=1"]
         else:  # chief, PS, worker 0 on n1 (plane=3 keeps SlurmClusterResolver's block order); worker 1 on n2

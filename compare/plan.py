@@ -25,12 +25,13 @@ MODES = {"sync": "sync ring-allreduce (Horovod)", "async": "async parameter serv
 # gradients (train.async_ps refuses any other); the async all-reduce trainer has Horovod's fp16 hook only, and
 # the studies compare compression in the sync arm (issue 15), so it runs uncompressed.
 MODE_COMPRESSIONS: dict[str, tuple[str, ...] | None] = {"sync": None, "async": ("none",), "async_allreduce": ("none",)}
-# Backends that can launch each mode (SLURM: slurm/async_allreduce.sbatch; the emulated and dilated backends
-# have no async all-reduce runs yet).
-MODE_CLUSTERS = {"sync": CLUSTERS, "async": CLUSTERS, "async_allreduce": ("local", "slurm")}
-# The emulated cluster's runs: sync 1 worker on 1 node / 2 workers on 2 nodes, async likewise (chief and
-# PS on node 1), and two independent 1-worker sync runs, one a node (how much the nodes slow each other).
-EMULATED_RUNS = ("sync-1n", "sync-2n", "async-1n", "async-2n", "ceil-2n")
+# Backends that can launch each mode (the emulated and SLURM backends: slurm/async_allreduce.sbatch; the
+# dilated backend has no async all-reduce runs yet).
+MODE_CLUSTERS = {"sync": CLUSTERS, "async": CLUSTERS, "async_allreduce": ("local", "emulated", "slurm")}
+# The emulated cluster's runs: sync 1 worker on 1 node / 2 workers on 2 nodes, async PS and async all-reduce
+# likewise (the PS arm's chief and PS on node 1), and two independent 1-worker sync runs, one a node (how
+# much the nodes slow each other).
+EMULATED_RUNS = ("sync-1n", "sync-2n", "async-1n", "async-2n", "async_allreduce-1n", "async_allreduce-2n", "ceil-2n")
 LINK_RE = re.compile(r"\d+(\.\d+)?(bit|kbit|mbit|gbit)", re.I)
 
 

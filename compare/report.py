@@ -270,7 +270,7 @@ def emulated_validation(df: pd.DataFrame, benches: dict) -> tuple[pd.DataFrame, 
     inputs, rows, points, missing = {}, [], {}, []
     for link in links:
         inp = calibration.link_inputs(df, benches, link, batch)
-        for kind in ("sync-1n", "sync-2n", "async-1n", "async-2n"):
+        for kind in ("sync-1n", "sync-2n", "async-1n", "async-2n", "async_allreduce-1n", "async_allreduce-2n"):
             g = ok[(ok["link"] == link) & (kinds == kind)]
             if g.empty:
                 continue
@@ -281,10 +281,11 @@ def emulated_validation(df: pd.DataFrame, benches: dict) -> tuple[pd.DataFrame, 
             pred = scaling.emulated_predict(mode, p, inp, batch, n) if inp else float("nan")
             err = (pred - mean) / mean
             cal = p == 1
+            why = calibration.NO_BENCH + " for this link" if not inp else \
+                "no prediction: no 1-node run of this arm" if math.isnan(pred) else None
             rows.append({"link": link, "run": kind, "n": len(g), "mean": mean, "se": se * mean, "rel_se": se,
                          "predicted": pred, "rel_error": err, "calibration": cal,
-                         "verdict": "calibration point" if cal and inp else
-                         (verdict(err, se) if inp else calibration.NO_BENCH + " for this link")})
+                         "verdict": why or ("calibration point" if cal else verdict(err, se))})
         if inp:
             inputs[link] = inp
         else:
@@ -298,11 +299,12 @@ def emulated_section(df: pd.DataFrame, val: pd.DataFrame, info: dict, benches: d
           f"n = {fmt(n / 1e6, '.2f')} MB of fp32 gradients (the records' gradient_bytes), batch {batch} per worker.", ""]
     if info["inputs"]:
         md.append(md_table(["link", "tc rate (MB/s)", "alpha (ms)", "B (MB/s)", "B / rate", "t1s sync step (ms)",
-                            "t1a async update (ms)", "kappa(2)", "allreduce(n) model (ms)", "bench runs",
+                            "t1a async update (ms)", "t1r async all-reduce sub-batch (ms)", "kappa(2)", "allreduce(n) model (ms)", "bench runs",
                             "bench exchange of n (ms) / n at the tc rate (ms)"],
                            [[link, fmt(scaling.rate_bps(link) / 8e6, ".0f"), fmt(i["alpha"] * 1e3, ".2f"),
                              fmt(i["bw"] / 1e6, ".0f"), fmt(i["bw"] * 8 / scaling.rate_bps(link), ".2f"),
                              fmt(i["t1s"] * 1e3, ".0f") + f" (n={i['n_s1']})", fmt(i["t1a"] * 1e3, ".0f") + f" (n={i['n_a1']})",
+                             fmt(i["t1r"] * 1e3 if i.get("t1r") else None, ".0f") + f" (n={i.get('n_r1', 0)})",
                              fmt(i["kappa"], ".3f") + f" (n={i['n_ceil']})",
                              fmt(scaling.ring_time(n, 2, i["alpha"], i["bw"]) * 1e3, ".0f"), str(i["bench_reps"]),
                              f"{fmt(i['bench_times'][-1] * 1e3, '.0f')} / {fmt(n / (scaling.rate_bps(link) / 8) * 1e3, '.0f')}"]

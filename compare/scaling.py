@@ -439,7 +439,12 @@ def emulated_predict(mode: str, p: int, inputs: dict, batch: int, n: float) -> f
                                  inputs.get("kappa", 1.0) if p > 1 else 1.0)
     if mode == "async":
         return emulated_async_ips(inputs["t1a"], p, n, inputs["alpha"], inputs["bw"], batch, 1.0, inputs["t1s"])
-    raise ModelError(f"unknown mode {mode!r}; choose sync or async")
+    if mode == "async_allreduce":  # compute never waits while the ring keeps up; the nodes contend as sync's do
+        if not inputs.get("t1r"):
+            return float("nan")  # no 1-node run of the arm at this link: no prediction
+        t_sub = inputs["t1r"] * (inputs.get("kappa", 1.0) if p > 1 else 1.0)
+        return async_allreduce_rate(p, batch, t_sub, ring_time(n, p, inputs["alpha"], inputs["bw"]), math.inf)[0]
+    raise ModelError(f"unknown mode {mode!r}; choose sync, async or async_allreduce")
 
 
 def emulated_speedups(inputs: dict, n: float, batch: int, mode: str, gpus=PROJECTION_GPUS) -> list[float]:

@@ -8,6 +8,7 @@ fails instead. Run it under `flock /work/slurm-tests.lock` (one SLURM cluster at
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -80,17 +81,18 @@ def _bench(path: Path, link: str, alpha: float, bw: float, n: float = 64e6) -> N
                                 "measured_at": "2026-11-27T09:00:00Z"}))
 
 
-def emulated_fixture(study: Path, links: dict, bench_links) -> None:
+def emulated_fixture(study: Path, links: dict, bench_links, ar_one_node: bool = True) -> None:
     study.mkdir(parents=True)
     recs = []
     for link, (alpha, bw) in links.items():
         if link in bench_links:
             _bench(study / f"linkbench-{link}-r0.json", link, alpha, bw)
-        inp = {"t1s": 32 / 250, "t1a": 32 / 120, "alpha": alpha, "bw": bw, "kappa": 250 / 200}
+        inp = {"t1s": 32 / 250, "t1a": 32 / 120, "t1r": 32 / 240, "alpha": alpha, "bw": bw, "kappa": 250 / 200}
         for rep in (0, 1):
             recs += [_rec(link, "sync-1n", rep, 250), _rec(link, "async-1n", rep, 120),
                      _rec(link, "ceil-2n", rep, 200, 0), _rec(link, "ceil-2n", rep, 200, 1)]
-            for kind in ("sync-2n", "async-2n"):  # the model's own prediction, +-2 % between repeats
+            recs += [_rec(link, "async_allreduce-1n", rep, 240)] if ar_one_node else []
+            for kind in ("sync-2n", "async-2n", "async_allreduce-2n"):  # the model's prediction, +-2 % between repeats
                 mode = kind.split("-")[0]
                 pred = scaling.emulated_predict(mode, 2, inp, 32, 64e6)
                 recs.append(_rec(link, kind, rep, pred * (1.02 if rep == 0 else 0.98)))
@@ -105,14 +107,29 @@ def test_report_on_fixtures_predicted_vs_measured(tmp_path):
     md = Path(write_report(str(study))).read_text()
     assert "## Emulated cluster: predicted vs measured, every point" in md
     for link in ("1gbit", "200mbit"):
-        for kind in ("sync-1n", "async-1n"):
+        for kind in ("sync-1n", "async-1n", "async_allreduce-1n"):
             assert re.search(rf"\| {link} \| {kind} \| 2 \| .* \| calibration point \|", md), (link, kind)
-        for kind in ("sync-2n", "async-2n"):  # error 0, SE 2 %: the words follow the numbers
+        for kind in ("sync-2n", "async-2n", "async_allreduce-2n"):  # error 0, SE 2 %: the words follow the numbers
             assert re.search(rf"\| {link} \| {kind} \| 2 \| .* \| [+-]0\.0% \| within the goal \|", md), (link, kind)
-    assert "2-node points: 4 (4 within the goal, 0 consistent within noise, 0 misses)" in md and "1 failed" in md
+    assert "2-node points: 6 (6 within the goal, 0 consistent within noise, 0 misses)" in md and "1 failed" in md
     for png in ("emulated_validation.png", "emulated_allreduce.png", "emulated_projection.png", "projection_gpus.png"):
         assert (study / png).stat().st_size > 10_000, png
     assert "shared with other engineers" not in md and "slurm-wlm" not in md  # no run's conclusions in code
+
+
+def test_async_allreduce_on_emulated_links(tmp_path):
+    """The seed's arm on the emulated nodes: compute-bound while the ring keeps up, so the model's 2-node
+    rate is 2 workers at the contended 1-node sub-batch time; without a 1-node run of the arm, no prediction."""
+    inp = {"t1s": 0.128, "t1a": 0.25, "t1r": 0.125, "alpha": 0.03, "bw": 1.2e7, "kappa": 1.25}
+    assert scaling.emulated_predict("async_allreduce", 2, inp, 32, 64e6) == pytest.approx(2 * 32 / (0.125 * 1.25))
+    assert scaling.emulated_predict("async_allreduce", 1, inp, 32, 64e6) == pytest.approx(32 / 0.125)
+    assert math.isnan(scaling.emulated_predict("async_allreduce", 2, {**inp, "t1r": None}, 32, 64e6))
+    study = tmp_path / "emulated"
+    emulated_fixture(study, {"1gbit": (0.03, 7e7)}, ("1gbit",), ar_one_node=False)
+    md = Path(write_report(str(study))).read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| 1gbit | async_allreduce-2n |"))
+    assert "no prediction: no 1-node run of this arm" in row and "inf" not in row
+    assert re.search(r"\| 1gbit \| sync-2n \| 2 \| .* \| within the goal \|", md)  # the other arms unaffected
 
 
 def test_link_without_bench_gets_no_prediction(tmp_path):
@@ -157,9 +174,10 @@ def test_tiny_emulated_study_end_to_end(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     recs, rejected = record.read_valid(str(results / "tiny" / "runs.jsonl"))
     ok = [r for r in recs if r["status"] == "ok"]
-    assert rejected == 0 and len(ok) == len(recs) == 6, [(r["run_id"], r.get("error")) for r in recs]
+    assert rejected == 0 and len(ok) == len(recs) == 8, [(r["run_id"], r.get("error")) for r in recs]
     kinds = sorted((r["mode"], r["num_workers"], r["role"], r["copies"]) for r in ok)
-    assert kinds == [("async", 1, "main", 1), ("async", 2, "main", 1), ("sync", 1, "ceiling", 2),
+    assert kinds == [("async", 1, "main", 1), ("async", 2, "main", 1), ("async_allreduce", 1, "main", 1),
+                     ("async_allreduce", 2, "main", 1), ("sync", 1, "ceiling", 2),
                      ("sync", 1, "ceiling", 2), ("sync", 1, "main", 1), ("sync", 2, "main", 1)]
     for r in ok:
         assert r["link"]["rate"] == "1gbit" and 0 < r["mfu"] <= 1
@@ -172,7 +190,7 @@ def test_tiny_emulated_study_end_to_end(tmp_path):
                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
     assert rep.returncode == 0, rep.stderr
     md = (results / "tiny" / "report.md").read_text()
-    for kind in ("sync-2n", "async-2n"):
+    for kind in ("sync-2n", "async-2n", "async_allreduce-2n"):
         row = re.search(rf"\| 1gbit \| {kind} \| 1 \| [\d.]+ ± [\d.]+ \| [\d.]+ \| ([\d.]+) \| ([+-][\d.]+)% \| (.+) \|", md)
         assert row and float(row.group(1)) > 0, (kind, md)
         assert row.group(3) in ("within the goal", "consistent within noise", "misses")
