@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--per-worker-batch", type=_number(int, 1, True))
     a("--epochs", type=_number(int, 1, True))
     a("--steps-per-epoch", type=_number(int, 0, True), help="0: one pass over the training set")
-    a("--async-steps-per-epoch", type=_number(int, 0, True), help="0: as --steps-per-epoch")
+    a("--async-steps-per-epoch", type=_number(int, 0, True), help="steps of both async arms (0: as --steps-per-epoch)")
     a("--warmup-steps", type=_number(int, 0, True))
     a("--ps", type=_number(int, 1, True), help="parameter-server shards (async)")
     a("--intra-op-threads", type=_number(int, 0, True), help="TensorFlow intra-op threads per process")

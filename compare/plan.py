@@ -54,7 +54,7 @@ class StudyConfig:
     per_worker_batch: int = 64
     epochs: int = 1
     steps_per_epoch: int = 30         # 0: one pass over the training set (real datasets)
-    async_steps_per_epoch: int = 0    # 0: as steps_per_epoch
+    async_steps_per_epoch: int = 0    # both async arms (0: as steps_per_epoch): their rates come from few updates
     async_allreduce_lr: float = 0.0   # base lr per sub-batch of the async all-reduce arm (0: as lr)
     warmup_steps: int = 5
     dataset: str = "synthetic"
@@ -99,7 +99,9 @@ class StudyConfig:
         return os.path.basename(os.path.normpath(os.path.abspath(self.results_dir))) == "reference"
 
     def steps_for(self, mode: str) -> int:
-        return self.async_steps_per_epoch if mode == "async" and self.async_steps_per_epoch else self.steps_per_epoch
+        # async PS and async all-reduce: on a slow link an update carries many steps (an all-reduce of the fc4096
+        # gradient at 200 Mbit/s spans several sub-batches), and the rate needs several updates for an SE
+        return self.async_steps_per_epoch if mode != "sync" and self.async_steps_per_epoch else self.steps_per_epoch
 
     def lr_for(self, mode: str) -> float:
         """The base learning rate a mode's runs get (0: the trainer's default)."""

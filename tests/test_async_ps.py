@@ -129,28 +129,6 @@ def test_max_tasks_per_node():
 
 # ---------------------------------------------------------------- real clusters
 @pytest.mark.slow
-def test_smoke_two_workers_one_ps(tmp_path):
-    out = run(tmp_path, "--workers", "2", "--ps", "1", "--epochs", "3", "--steps-per-epoch", "20",
-              "--warmup-steps", "5")
-    assert out.returncode == 0, out.stderr[-3000:]
-    (rec,) = records(tmp_path)
-    assert set(record.REQUIRED_FIELDS) <= set(rec)
-    assert rec["mode"] == "async" and rec["status"] == "ok"
-    assert rec["num_workers"] == 2 and rec["num_ps"] == 1
-    assert rec["global_batch"] == rec["per_worker_batch"] == 32
-    assert rec["images_per_sec"] > 0 and rec["measured_steps"] > 0
-    assert rec["scheduled_steps"] == 60 and rec["steps"] == rec["applied_updates"] >= 60
-    st = rec["staleness"]
-    assert st["n"] == rec["applied_updates"]  # one value per applied update
-    assert sum(st["histogram"].values()) == st["n"]
-    assert {"mean", "p50", "p95", "max"} <= set(st) and st["max"] >= 0
-    assert rec["workers_lost"] == 0 and rec["compression_supported"] is False
-    layout = rec["shard_layout"]["per_ps"]
-    assert [p["ps"] for p in layout] == [0] and layout[0]["bytes"] > 0
-    assert rec["cluster_source"] == "local"
-
-
-@pytest.mark.slow
 def test_one_worker_staleness_is_zero(tmp_path):
     out = run(tmp_path, "--workers", "1", "--ps", "1", "--epochs", "2", "--steps-per-epoch", "20")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -199,14 +177,30 @@ def test_sigkill_one_of_two_workers_run_finishes(tmp_path):
 
 
 @pytest.mark.slow
-def test_no_orphans_after_success(tmp_path):
-    run_ = Launcher(tmp_path, "--workers", "2", "--ps", "1", "--epochs", "3", "--steps-per-epoch", "10",
-                    "--warmup-steps", "1")
+def test_two_workers_one_ps_record_and_no_orphans_after_success(tmp_path):
+    """One run, two checks: its record (fields, counts, staleness, shard layout), and its cluster processes
+    (PS and two workers while it runs, none left after it)."""
+    run_ = Launcher(tmp_path, "--workers", "2", "--ps", "1", "--epochs", "3", "--steps-per-epoch", "20",
+                    "--warmup-steps", "5")
     run_.wait_for_epoch(1)
     children = cluster_children(run_.proc.pid)
     assert sorted(t["type"] for t in children.values()) == ["ps", "worker", "worker"]
-    assert run_.proc.wait(timeout=300) == 0
-    assert len(records(tmp_path)) == 1
+    assert run_.proc.wait(timeout=300) == 0, "".join(run_.lines)[-3000:]
+    (rec,) = records(tmp_path)
+    assert set(record.REQUIRED_FIELDS) <= set(rec)
+    assert rec["mode"] == "async" and rec["status"] == "ok"
+    assert rec["num_workers"] == 2 and rec["num_ps"] == 1
+    assert rec["global_batch"] == rec["per_worker_batch"] == 32
+    assert rec["images_per_sec"] > 0 and rec["measured_steps"] > 0
+    assert rec["scheduled_steps"] == 60 and rec["steps"] == rec["applied_updates"] >= 60
+    st = rec["staleness"]
+    assert st["n"] == rec["applied_updates"]  # one value per applied update
+    assert sum(st["histogram"].values()) == st["n"]
+    assert {"mean", "p50", "p95", "max"} <= set(st) and st["max"] >= 0
+    assert rec["workers_lost"] == 0 and rec["compression_supported"] is False
+    layout = rec["shard_layout"]["per_ps"]
+    assert [p["ps"] for p in layout] == [0] and layout[0]["bytes"] > 0
+    assert rec["cluster_source"] == "local"
     assert_no_orphans(run_.proc.pid)
 
 
