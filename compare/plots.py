@@ -302,7 +302,7 @@ def plot_emulated_validation(val: pd.DataFrame, points: dict, links: list[str], 
         ax.set_xlabel("link rate per node (tc tbf)")
         ax.set_ylabel("images/sec (all workers)")
         ax.set_title(f"{mode}: 1 worker on 1 node vs 2 workers on 2 nodes")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.1)  # room for the error labels above the highest model bar
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     fig.suptitle("Emulated cluster: model (black bars) vs measured; label = model error at 2 nodes", fontsize=11)
@@ -470,7 +470,8 @@ def plot_async_allreduce(df: pd.DataFrame, path: str) -> plt.Figure | None:
         ax.set_xticks(sorted({k for h in h_by_p.values() for k in h}))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{title}, all repeats pooled")
+        links = sorted({str(x) for x in df.get("link", pd.Series(dtype=str)).dropna() if x})
+        ax.set_title(f"{title}, all repeats pooled" + (f" (links {', '.join(links)} together)" if links else ""))
         ax.legend(fontsize=8)
     fig.suptitle("Async all-reduce (the seed's method): what each update summed, and how stale it was")
     return _save(fig, path)
