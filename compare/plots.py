@@ -125,6 +125,8 @@ def plot_measured(df: pd.DataFrame, table: pd.DataFrame, local: scaling.Profile 
         cols = (("ips", "ips_se"), ("speedup", "speedup_se"), ("efficiency", "efficiency_se"))
         for ax, (col, se) in zip(axes, cols):
             gg = g[g[col].notna()]
+            if gg.empty:  # e.g. fp16 runs only at 2 workers: no 1-worker baseline, no speedup to draw
+                continue
             ax.errorbar(gg["num_workers"] + dx + width * 0.2, gg[col], yerr=gg[se].fillna(0), fmt=marker,
                         color=color, capsize=4, markersize=7, markeredgecolor="black",
                         label=f"{group_label(r0)}: mean ± SE (n = {'/'.join(str(int(v)) for v in gg['n'])})")
