@@ -273,7 +273,7 @@ def plot_accuracy_curves(runs: pd.DataFrame, target: float, path: str, x: str = 
 # ------------------------------------------------------------------ the emulated cluster
 def plot_emulated_validation(val: pd.DataFrame, points: dict, links: list[str], path: str) -> plt.Figure:
     """Per mode: per link rate, every run (hollow), mean ± SE (filled), model (black bar), 1 vs 2 nodes."""
-    modes = [m for m in ("sync", "async", "async_allreduce") if val["run"].str.startswith(f"{m}-").any()] or ["sync"]
+    modes = [m for m in MODES if val["run"].str.startswith(f"{m}-").any()] or ["sync"]
     fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 5.2), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for nodes, marker, dx in (("1n", "o", -0.2), ("2n", "s", 0.12)):

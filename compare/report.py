@@ -20,7 +20,7 @@ import pandas as pd
 from compare import calibration, hostload, plots, scaling
 from compare.frame import (FrameError, failed_runs, histogram_stats, load, mean_se, pooled_histograms, speedup_table,
                            usable)
-from compare.plan import MODES
+from compare.plan import EMULATED_RUNS, MODES
 from compare.wording import GOAL, VERDICTS, difference, verdict
 
 ReportError = FrameError  # bad input (no runs file, no valid run): one line, exit 2, nothing written
@@ -270,7 +270,7 @@ def emulated_validation(df: pd.DataFrame, benches: dict) -> tuple[pd.DataFrame, 
     inputs, rows, points, missing = {}, [], {}, []
     for link in links:
         inp = calibration.link_inputs(df, benches, link, batch)
-        for kind in ("sync-1n", "sync-2n", "async-1n", "async-2n", "async_allreduce-1n", "async_allreduce-2n"):
+        for kind in (k for k in EMULATED_RUNS if not k.startswith("ceil-")):  # every arm at 1 and 2 nodes
             g = ok[(ok["link"] == link) & (kinds == kind)]
             if g.empty:
                 continue
