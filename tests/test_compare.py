@@ -528,8 +528,8 @@ def test_host_load_sampler_writes_the_contract_fields(tmp_path: Path):
 def test_tiny_study_then_report_end_to_end(tmp_path: Path):
     results = tmp_path / "results"
     argv = [sys.executable, "-m", "compare", "run", "--results-dir", str(results), "--study", "e2e",
-            "--workers", "1,2", "--repeats", "1", "--steps-per-epoch", "8", "--warmup-steps", "2",
-            "--width", "0.125", "--per-worker-batch", "32", "--no-progress", "--load-interval", "5"]
+            "--workers", "1,2", "--repeats", "1", "--steps-per-epoch", "8", "--async-steps-per-epoch", "16",
+            "--warmup-steps", "2", "--width", "0.125", "--per-worker-batch", "32", "--no-progress", "--load-interval", "5"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -539,10 +539,11 @@ def test_tiny_study_then_report_end_to_end(tmp_path: Path):
     assert {(r["mode"], r["num_workers"]) for r in recs if r["role"] == "main"} == {
         ("sync", 1), ("sync", 2), ("async", 1), ("async", 2), ("async_allreduce", 1), ("async_allreduce", 2)}
     ar2 = next(r for r in recs if r["mode"] == "async_allreduce" and r["num_workers"] == 2)  # issue 16's arm
-    assert ar2["sub_batches"] == 2 * 8 and ar2["effective_batch"]["n"] == ar2["updates"] > 0
-    assert ar2["staleness"]["n"] == 16 and len(set(ar2["weights_sha256"])) == 1 and ar2["updates_per_sec"] > 0
+    assert ar2["sub_batches"] == 2 * 16 and ar2["effective_batch"]["n"] == ar2["updates"] > 0
+    assert ar2["staleness"]["n"] == 32 and len(set(ar2["weights_sha256"])) == 1 and ar2["updates_per_sec"] > 0
     assert sorted((r["role"], r["copies"]) for r in recs if r["role"] == "ceiling") == [("ceiling", 2)] * 2
-    assert all(0 < r["mfu"] <= 1 for r in recs) and len({r["git_sha"] for r in recs}) == 1
+    assert [(r["run_id"], r["mfu"]) for r in recs if r["mfu"] is None or not 0 < r["mfu"] <= 1] == []
+    assert len({r["git_sha"] for r in recs}) == 1
     bench = json.loads((results / "e2e" / "allreduce.json").read_text())
     assert bench["np"] == 2 and bench["alpha_s"] >= 0 and bench["bw_Bps"] > 0
     emu = bench["step_emulation"]  # the exchange measured beside compute, at the sync trainer's Horovod settings

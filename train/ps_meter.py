@@ -80,7 +80,7 @@ class IterationSampler(tf.keras.callbacks.Callback):
     """Epoch-level callback + chief thread: (wall time, optimizer.iterations) every `interval_s` during
     each epoch after warm-up; per-epoch curve, with test metrics of a local copy when `evaluate` given."""
 
-    def __init__(self, warmup_steps: int, images_per_step: int, evaluate=None, interval_s: float = 0.25):
+    def __init__(self, warmup_steps: int, images_per_step: int, evaluate=None, interval_s: float = 0.1):
         super().__init__()
         self.warmup_steps, self.images_per_step, self.interval_s = warmup_steps, images_per_step, interval_s
         self.evaluate = evaluate
@@ -101,6 +101,8 @@ class IterationSampler(tf.keras.callbacks.Callback):
                 self.segments[-1].append((now, step))
 
     def _run(self) -> None:
+        # 0.25 s once left a short epoch of fast steps (width 0.125, 8 steps) with one sample after
+        # warm-up and so no rate (CI, 2026-11-29); a read of `iterations` is one small RPC to the PS.
         while not self._stop.wait(self.interval_s):
             if self._in_epoch:
                 self._sample()
