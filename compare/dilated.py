@@ -127,9 +127,24 @@ def rate_Bps(rate: str | None) -> float | None:
     return None if math.isnan(bps) else bps / 8
 
 
+MODE_ARMS = {"sync": ARM, "async": "async_ps", "async_allreduce": "async_allreduce"}  # study mode -> model arm
+RANK_PROGRAMS = {"sync": "train.dilated_step", "async_allreduce": "train.dilated_async_allreduce"}  # Horovod arms
+
+
 def model_point(profile: str, head: str, batch: int, p: int, mode: str = "sync", shards: int = 1) -> dict:
-    """The model's point for the same profile: sync all-reduce, or the async PS arm with `shards` shards."""
-    return scaling.project(head, batch, ARM if mode == "sync" else "async_ps", p, shards=shards, name=profile)
+    """The model's point for the same profile: sync all-reduce, the async PS arm with `shards` shards, or the
+    async all-reduce arm as train/dilated_async_allreduce.py runs it: a worker never waits (no cap on the
+    sub-batches accumulated during one all-reduce; the projections assume the profile's max_accumulate)."""
+    point = scaling.project(head, batch, MODE_ARMS[mode], p, shards=shards, name=profile)
+    if mode == "async_allreduce":
+        ips, ups, per_update = scaling.async_allreduce_rate(p, batch, point["t_compute_s"], point["comm_s"], math.inf)
+        point = {**point, "images_per_sec": ips, "speedup": ips / point["one_gpu_ips"], "updates_per_s": ups,
+                 "images_per_update": per_update}
+    return point
+
+
+def arm_label(mode: str, shards: int) -> str:
+    return {"sync": ARM, "async_allreduce": "async_allreduce"}.get(mode, f"async_ps, {shards} PS shard(s)")
 
 
 # ------------------------------------------------------------------ the plan and the backend
@@ -142,7 +157,7 @@ def plan_dilated(cfg: StudyConfig) -> list[Run]:
         for d, ps, modes in ((cfg.dilation, cfg.workers, cfg.modes), (2 * cfg.dilation, (max(cfg.workers),), ("sync",))):
             link = dilated_rate(cfg.profile, cfg.byte_dilation, d)
             for p in ps:
-                for mode in [m for m in ("sync", "async") if m in modes
+                for mode in [m for m in ("sync", "async_allreduce", "async") if m in modes
                              and not (m == "async" and cfg.async_max_workers and p > cfg.async_max_workers)]:
                     runs.append(Run("main", mode, p, head, size, "none", rep, link=link,
                                     nodes=math.ceil(p / cfg.ranks_per_node), dilation=d))
@@ -192,7 +207,7 @@ class DilatedBackend(EmulatedBackend):
         path = hostfile(cfg, rid, [f"n{1 + i // cfg.ranks_per_node}" for i in range(run.workers)])
         return [(rid, ["env", f"SLURM_HOSTFILE={path}", "srun", "--mpi=pmix", "--overcommit", "--kill-on-bad-exit=1",
                        f"--job-name={rid}", "-n", str(run.workers), "--distribution=arbitrary",
-                       cfg.python, "-m", "train.dilated_step", "--profile", cfg.profile, "--head", run.head,
+                       cfg.python, "-m", RANK_PROGRAMS[run.mode], "--profile", cfg.profile, "--head", run.head,
                        "--per-worker-batch", str(cfg.per_worker_batch), "--dilation", f"{run.dilation:g}",
                        "--byte-dilation", str(cfg.byte_dilation), "--steps", str(cfg.steps_per_epoch),
                        "--warmup-steps", str(cfg.warmup_steps), "--ranks-per-node", str(cfg.ranks_per_node),
@@ -380,7 +395,7 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
         at_d = [r for r in mine if r["dilation"]["D"] == d]
         base = [r for r in at_d if r["num_workers"] == 1]
         b_ips, b_se = _mean_se(base) if base else (float("nan"), float("nan"))
-        arm = ARM if mode == "sync" else f"async_ps, {shards} PS shard(s)"
+        arm = arm_label(mode, shards)
         md += [f"### {arm}: {profile}, {head} head, batch {batch} per GPU, D = {d:g}, K = {k}, delays {delay}", "",
                f"t_compute {at_d[0]['dilation']['t_compute_s'] * 1e3:.1f} ms per GPU step (from {at_d[0]['dilation']['t_compute_source'][:120]}…); "
                + ("" if base else "no p = 1 run in this study: no speedup; ")
@@ -406,7 +421,7 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
                    "real_step": _stat(g, "real_step_s", max), "n": len(g)}
             rows.append(row)
             out_rows.append({**row, "profile": profile, "head": head, "batch": batch, "D": d, "K": k,
-                             "arm": arm if mode == "sync" else f"async_ps ({shards} PS)"})
+                             "arm": arm if mode != "async" else f"async_ps ({shards} PS)"})
         head_cols = ["p", "nodes", "runs", "emulated img/s", "speedup", "efficiency", "exposed comm (emulated ms)",
                      "real step s", "host CPU s/step", "host busy"]
         if fid["ok"]:
@@ -419,6 +434,8 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
                                                   if fid["ok"] else [])
             for r in rows]))
         md.append("")
+        if mode == "async_allreduce":
+            md += async_allreduce_table(at_d, profile, head, batch, fid["ok"])
     if fid["ok"]:
         n = {v: sum(1 for r in out_rows if r["p"] > 1 and r["verdict"] == v) for v in ("within the goal",
                                                                                       "consistent within noise", "misses")}
@@ -443,6 +460,36 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
            "inside a node (ranks on one node share memory, unshaped), NIC offload, and the host's own latencies "
            "divided by D.", ""]
     return md
+
+
+def async_allreduce_table(at_d: list[dict], profile: str, head: str, batch: int, compared: bool) -> list[str]:
+    """The async all-reduce arm's own quantities per p (repeats pooled by mean) beside, when `compared`, what the
+    model says: the update rate 1 / max(t_allreduce, t_compute) and the sub-batches an update carries (issue 16)."""
+    from compare.report import fmt, md_table
+
+    def mean(g: list[dict], get) -> float:
+        v = [x for x in (get(r) for r in g) if x is not None]
+        return sum(v) / len(v) if v else float("nan")
+
+    rows = []
+    for p in sorted({r["num_workers"] for r in at_d}):
+        g = [r for r in at_d if r["num_workers"] == p]
+        m = model_point(profile, head, batch, p, "async_allreduce")
+        ups = mean(g, lambda r: r.get("updates_per_sec"))
+        model = [fmt(m["updates_per_s"], ".4g"), fmt((m["updates_per_s"] - ups) / ups, "+.1%"),
+                 fmt(m["images_per_update"] / batch, ".2f"), fmt(1e3 * m["comm_s"], ".1f")]
+        rows.append([str(p), fmt(ups, ".4g"), fmt(mean(g, lambda r: (r.get("effective_batch") or {}).get("mean")), ".2f"),
+                     fmt(mean(g, lambda r: (r.get("staleness") or {}).get("mean")), ".2f"),
+                     fmt(mean(g, lambda r: (r.get("staleness") or {}).get("max")), ".0f"),
+                     fmt(1e3 * mean(g, lambda r: (r.get("allreduce_s") or {}).get("p50")), ".1f")]
+                    + (model if compared else []))
+    cols = ["p", "updates/s (emulated)", "sub-batches per update", "staleness mean", "staleness max",
+            "all-reduce p50 (emulated ms, incl. waiting for every rank's next sub-batch)"]
+    return [md_table(cols + (["model updates/s = 1/max(t_ar, t_c)", "model error", "model sub-batches per update",
+                              "model t_ar (ms)"] if compared else []), rows), "",
+            "The async all-reduce arm as train/async_allreduce.py runs it: a rank never waits for the network, so the "
+            "model's images/sec is p × batch / t_compute at every p; what the links decide is the update period and "
+            "so the effective mini-batch and the staleness.", ""]
 
 
 def _stat(g: list[dict], key: str, how, scale: float = 1.0) -> float:

@@ -32,6 +32,17 @@ GROUP_COLORS = {("sync", "gap", "none"): "tab:blue", ("async", "gap", "none"): "
 CONV_COLORS = {("sync", "none"): "tab:blue", ("sync", "fp16"): "tab:green", ("async", "none"): "tab:orange",
                ("async_allreduce", "none"): "tab:red"}
 CONV_STYLES = {1: "--", 2: "-"}
+EXTRA_COLORS = SERIES_COLORS + ["tab:gray", "tab:pink", "tab:red", "black"]
+
+
+def distinct_colors(keys: list, fixed: dict) -> dict:
+    """A color per key: its fixed color when it has one, else the first palette color no other key uses (the
+    compression study once drew fp16 and powersgd:4 both green)."""
+    out = {k: fixed[k] for k in keys if k in fixed}
+    for k in keys:
+        if k not in out:
+            out[k] = next((c for c in EXTRA_COLORS if c not in out.values()), "black")
+    return out
 CONV_KEY = ["mode", "num_workers", "compression"]
 
 
@@ -106,9 +117,11 @@ def plot_measured(df: pd.DataFrame, table: pd.DataFrame, local: scaling.Profile 
     groups = list(t.groupby([c for c in GROUP if c != "link"], dropna=False, sort=True))
     width = 0.7 / max(1, len(groups))
     ps = sorted(t["num_workers"].unique()) or [1]
+    colors = distinct_colors([(g.iloc[0]["mode"], g.iloc[0]["head"], g.iloc[0]["compression"]) for _, g in groups],
+                             GROUP_COLORS)
     for i, (_, g) in enumerate(groups):
         r0 = g.iloc[0]
-        color = GROUP_COLORS.get((r0["mode"], r0["head"], r0["compression"]), SERIES_COLORS[i % len(SERIES_COLORS)])
+        color = colors[(r0["mode"], r0["head"], r0["compression"])]
         dx = (i - (len(groups) - 1) / 2) * width
         marker = HEAD_STYLES.get(r0["head"], ("D", "-"))[0]
         base = r0["base_ips"]
@@ -142,6 +155,10 @@ def plot_measured(df: pd.DataFrame, table: pd.DataFrame, local: scaling.Profile 
     axes[2].axhline(1.0, color="gray", linestyle="--", linewidth=1, label="ideal")
     axes[2].set_ylabel("efficiency (speedup / workers)")
     axes[2].set_title("Efficiency")
+    if not t["speedup"].notna().any():  # e.g. the compression study: 2 workers only
+        for ax in axes[1:]:
+            ax.text(0.5, 0.5, "no 1-worker runs in this study:\nno speedup to draw", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=10, color="dimgray")
     for ax in axes:
         ax.set_xticks(ps)
         ax.set_xlim(min(ps) - 0.5, max(ps) + 0.5)
@@ -149,7 +166,7 @@ def plot_measured(df: pd.DataFrame, table: pd.DataFrame, local: scaling.Profile 
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle("Measured on this machine (no projection here: see projection.png for modeled GPUs)")
+    fig.suptitle("Measured on this machine (no projection here: modeled GPUs are in projection_gpus.png)")
     return _save(fig, path)
 
 
@@ -244,8 +261,9 @@ def plot_accuracy_curves(runs: pd.DataFrame, target: float, path: str, x: str = 
     panels = sorted({(m, c) for m, c in zip(runs["mode"], runs["compression"])},
                     key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[1] != "none", k[1]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), sharex=True, sharey=True, squeeze=False)
+    colors = distinct_colors(panels, CONV_COLORS)
     for i, (ax, (mode, comp)) in enumerate(zip(axes[0], panels)):
-        color = CONV_COLORS.get((mode, comp), SERIES_COLORS[i % len(SERIES_COLORS)])
+        color = colors[(mode, comp)]
         for p, g in runs[(runs["mode"] == mode) & (runs["compression"] == comp)].groupby("num_workers", sort=True):
             n_ep = int(g["epochs"].min())
             xs = np.array([[c[x] for c in curve[:n_ep]] for curve in g["curve"]], dtype=float)
@@ -423,7 +441,7 @@ def plot_dilated(rows: list[dict], seed: dict, path: str, compared: bool) -> plt
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     for k, arm in enumerate(arms):
         pts = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["p"])
-        color, marker = ARM_STYLES["sync_allreduce" if arm.startswith("sync") else "async_ps"]
+        color, marker = ARM_STYLES[arm if arm in ARM_STYLES else "sync_allreduce" if arm.startswith("sync") else "async_ps"]
         p = np.array([r["p"] for r in pts], dtype=float) * (1 + 0.03 * (k - (len(arms) - 1) / 2))  # no overlap
         eff = np.array([r["speedup"] for r in pts]) / np.array([r["p"] for r in pts])
         ax.errorbar(p, eff, yerr=eff * np.array([r["rel_se"] for r in pts]), fmt=marker, color=color, markersize=6,

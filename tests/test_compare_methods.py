@@ -53,7 +53,6 @@ def test_no_compressed_async_runs_are_planned(tmp_path: Path):
     (["--compressions", "none,zip"], "unknown compression 'zip'"),
     (["--compressions", "topk:2"], "topk:F needs a fraction"),
     (["--modes", "async", "--compressions", "sign"], "no mode of async runs compression sign"),
-    (["--modes", "async_allreduce", "--cluster", "dilated"], "async_allreduce runs on the local/emulated/slurm backend only"),
     (["--modes", "ps"], "unknown value 'ps'"),
     (["--async-allreduce-lr", "0"], "--async-allreduce-lr"),
     (["--preset", "compression", "--cluster", "emulated"], "emulated backend runs uncompressed gradients only"),

@@ -64,10 +64,10 @@ def test_ready_offsets_follow_the_curve():
 def test_quick_plan_and_rates():
     cfg = preset("dilated-quick")
     runs = plan(cfg)
-    at_d = [(r.workers, r.nodes) for r in runs if r.dilation == cfg.dilation]
-    assert at_d == [(1, 1), (2, 1), (4, 2)]
+    at_d = [(r.mode, r.workers, r.nodes) for r in runs if r.dilation == cfg.dilation]
+    assert at_d == [(m, p, n) for p, n in ((1, 1), (2, 1), (4, 2)) for m in ("sync", "async_allreduce")]
     [check] = [r for r in runs if r.dilation == 2 * cfg.dilation]
-    assert check.workers == 4
+    assert check.workers == 4 and check.mode == "sync"  # the dilation check is made on the sync arm
     b = dilated.link_Bps("tsubame2.5")
     for r in runs:
         assert dilated.rate_Bps(r.link) == pytest.approx(b / (cfg.byte_dilation * r.dilation), rel=1e-3)
@@ -113,7 +113,12 @@ def _fixture(study: Path, drift: float, bench_fraction: float) -> None:
         p = r.workers
         one = 4 / (dilated.step_plan("tsubame2.5", "gap", 4)["t_compute_s"])
         ips = p * one * (1 + drift if r.dilation != cfg.dilation else 1.0)
-        lines.append(_rec(p, r.dilation, ips, r.link, socket.gethostname(), sha, r.run_ids()[0]))
+        rec = _rec(p, r.dilation, ips, r.link, socket.gethostname(), sha, r.run_ids()[0])
+        if r.mode == "async_allreduce":  # train/dilated_async_allreduce.py's fields: one update per t_compute
+            rec |= {"mode": "async_allreduce", "updates_per_sec": 1 / 0.26, "allreduce_s": {"p50": 0.25},
+                    "effective_batch": {"mean": float(p)}, "staleness": {"mean": 0.5, "max": 1}}
+            rec["dilation"] = {**rec["dilation"], "delay": "sub_batch"}
+        lines.append(rec)
     (study / "runs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     for link in {r.link for r in plan(cfg)}:
         Path(dilated.bench_path(str(study), link, 0)).write_text(
@@ -166,14 +171,18 @@ def test_slow_link_bench_fails_and_passing_study_is_compared(tmp_path):
     # p = 4: emulated speedup 4.00 against the model's own (straggler, overhead): its error is worded
     want = dilated.model_point("tsubame2.5", "gap", 4, 4)["speedup"]
     assert "| 4 | 2 | 1 |" in section and f"{want:.2f}" in section
+    # the async all-reduce arm: its own section, its update rate beside the model's 1/max(t_ar, t_c)
+    ar = section.split("### async_allreduce: tsubame2.5")[1].split("### ")[0]
+    t_c = dilated.step_plan("tsubame2.5", "gap", 4)["t_compute_s"]
+    assert f"| 4 | {1 / 0.26:.4g} | 4.00 | 0.50 | 1 | 250.0 | {1 / t_c:.4g} | {(1 / t_c * 0.26 - 1):+.1%} | 4.00 |" in ar
     assert "](dilated.png)" in section and (study / "dilated.png").stat().st_size > 10_000  # emulated beside model
 
 
 # ---------------------------------------------------------------- real runs
-def _step(results: Path, run_id: str, np_: int = 2, **flags) -> dict:
+def _step(results: Path, run_id: str, np_: int = 2, program: str = "train.dilated_step", **flags) -> dict:
     args = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
     cmd = [str(Path(sys.executable).parent / "horovodrun"), "--gloo", "-np", str(np_), "-H", f"localhost:{np_}",
-           sys.executable, "-m", "train.dilated_step", "--study", "t", "--results-dir", str(results),
+           sys.executable, "-m", program, "--study", "t", "--results-dir", str(results),
            "--run-id", run_id, *args]
     p = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
@@ -224,39 +233,76 @@ def test_a_step_waits_for_the_slowest_rank(results):
 
 
 @pytest.mark.slow
+def test_async_allreduce_arm_compute_never_waits(results):
+    """The seed's method dilated (issue 16), 2 ranks over Gloo on this machine, no link shaping.
+    Compute-bound (tsubame2.5, batch 4, K = 256: an all-reduce of 164 KB against 0.26 s of compute): every
+    update carries about one sub-batch a rank, staleness at most 1. Communication-bound (h200, batch 64, K = 1:
+    the 42 MB gradient set against ~20 ms of compute): updates carry several sub-batches a rank, yet images/sec
+    stays the compute rate: a rank never waits for the network."""
+    fast = _step(results, "ar-fast", program="train.dilated_async_allreduce", profile="tsubame2.5",
+                 per_worker_batch=4, dilation=1, byte_dilation=256, steps=12, warmup_steps=2, step_cv=0)
+    slow = _step(results, "ar-slow", program="train.dilated_async_allreduce", profile="h200", per_worker_batch=64,
+                 dilation=1, byte_dilation=1, steps=120, warmup_steps=2, step_cv=0)
+    for rec, steps in ((fast, 14), (slow, 122)):
+        d = rec["dilation"]
+        assert rec["mode"] == "async_allreduce" and d["delay"] == "sub_batch" and d["controller"] == "gloo"
+        assert rec["sub_batches"] == 2 * steps and rec["staleness"]["n"] == 2 * steps  # counted exactly
+        assert rec["effective_batch"]["n"] == rec["updates"] and rec["effective_batch"]["mean"] * rec["updates"] \
+            == rec["sub_batches"]
+        ideal = 2 * rec["per_worker_batch"] / d["t_compute_s"]
+        assert 0.9 * ideal < rec["images_per_sec"] <= 1.03 * ideal, (rec["run_id"], rec["images_per_sec"], ideal)
+        assert 0.9 * ideal < rec["compute_images_per_sec"] <= 1.02 * ideal
+    t_c = fast["dilation"]["t_compute_s"]
+    assert fast["effective_batch"]["mean"] < 2.5 and fast["staleness"]["max"] <= 1
+    assert fast["updates_per_sec"] == pytest.approx(1 / t_c, rel=0.15)  # the period is compute's
+    assert slow["effective_batch"]["mean"] > 4 and slow["allreduce_s"]["p50"] > 2 * slow["dilation"]["t_compute_s"]
+    assert slow["updates_per_sec"] < 0.5 / slow["dilation"]["t_compute_s"]  # the all-reduce sets the period
+
+
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_quick_dilated_study_on_namespace_nodes(tmp_path):
     from test_emulated import _free_net_id
 
     require_root_and(("slurmctld", "slurmd", "srun", "munged", "ip", "tc", "nsenter"), "the namespace cluster")
     results, state = tmp_path / "results", tmp_path / "lc"
-    # p = 1 and 2 ranks, one a node (the 2-rank ring crosses the shaped link), then p = 2 at 2D
+    # p = 1 and 2 ranks, one a node (the 2-rank ring crosses the shaped link), sync and async all-reduce, then
+    # sync p = 2 at 2D
     p = _compare("run", "--preset", "dilated-quick", "--workers", "1,2", "--ranks-per-node", "1", "--study", "q",
                  "--results-dir", str(results), "--state-dir", str(state), "--net-id", str(_free_net_id()),
                  "--bench-reps", "2", "--no-progress", "--timeout", "240")
     assert not state.exists(), "the study must take its cluster down"
     recs, rejected = record.read_valid(str(results / "q" / "runs.jsonl"))
     ok = [r for r in recs if r["status"] == "ok"]
-    assert rejected == 0 and len(ok) == len(recs) == 3, [(r["run_id"], r.get("error")) for r in recs]
+    assert rejected == 0 and len(ok) == len(recs) == 5, [(r["run_id"], r.get("error")) for r in recs]
     for r in ok:
         d = r["dilation"]
         assert d["controller"] == "mpi" and d["link_rate"] == r["link"]["rate"] and d["K"] == 256
         assert d["ranks"] == r["num_workers"] and d["nodes"] == len(set(r["hosts"])) and d["host_cpu_s_per_step"] > 0
         assert r["link"]["tcp_congestion_control"] == "reno"  # the nodes' TCP, as the backend set it
-    assert sorted(len(set(r["hosts"])) for r in ok) == [1, 2, 2]
-    assert sorted(r["dilation"]["D"] for r in ok) == [2, 2, 4]
+    assert sorted((r["mode"], len(set(r["hosts"])), r["dilation"]["D"]) for r in ok) == [
+        ("async_allreduce", 1, 2), ("async_allreduce", 2, 2), ("sync", 1, 2), ("sync", 2, 2), ("sync", 2, 4)]
     for r in ok:  # sleeps, not compute: the emulated rate is the profile's, within what exposed comm costs
         one = r["per_worker_batch"] / r["dilation"]["t_compute_s"]
-        assert 0.85 * one * r["num_workers"] < r["images_per_sec"] <= 1.02 * one * r["num_workers"]
+        assert 0.85 * one * r["num_workers"] < r["images_per_sec"] <= 1.02 * one * r["num_workers"], r["run_id"]
+    ar2 = next(r for r in ok if r["mode"] == "async_allreduce" and r["num_workers"] == 2)
+    assert ar2["sub_batches"] == 2 * (8 + 2) and ar2["updates_per_sec"] > 0 and ar2["staleness"]["n"] == 20
     fid = json.loads((results / "q" / "fidelity.json").read_text())
     assert p.returncode == (0 if fid["ok"] else 1), p.stderr[-2000:]
     assert {c["check"] for c in fid["checks"]} >= {"dilation", "host load"}
+    rep = _compare("report", "--results-dir", str(results), "--study", "q")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    text = (results / "q" / "report.md").read_text()  # each arm its section; the model only when fidelity held
+    assert "### sync_allreduce: tsubame2.5" in text and "### async_allreduce: tsubame2.5" in text
+    assert "sub-batches per update" in text and ("model updates/s = 1/max(t_ar, t_c)" in text) == fid["ok"]
 
 
 @pytest.mark.parametrize("argv,words", [
     (["-m", "train.dilated_step", "--dilation", "0"], "--dilation must be > 0"),
     (["-m", "train.dilated_step", "--byte-dilation", "0"], "--byte-dilation must be >= 1"),
     (["-m", "train.dilated_step", "--profile", "dgx"], "invalid choice"),
+    (["-m", "train.dilated_async_allreduce", "--steps", "1"], "--steps must be >= 2"),
+    (["-m", "train.dilated_async_allreduce", "--delay", "end"], "unrecognized arguments"),
     (["-m", "compare", "run", "--cluster", "dilated", "--profile", "dgx"], "--profile: choose"),
     (["-m", "compare", "run", "--preset", "dilated-quick", "--byte-dilation", "1000000000"], "too slow to shape"),
 ])

@@ -49,20 +49,6 @@ def parse(argv: list[str]) -> tuple[DilatedPSConfig, argparse.Namespace]:
     return DilatedPSConfig(**shared, workers=a.workers, ps=a.ps), a
 
 
-def staircase_rate(samples: list[tuple[float, int]], images_per_update: int) -> dict:
-    """images/sec as the least-squares slope of (time, update count) samples, and the slope's SE; no
-    window rates are averaged (windows None)."""
-    if len(samples) < 3 or samples[-1][0] <= samples[0][0]:
-        return {"images_per_sec": None, "images_per_sec_se": None, "windows": None}
-    xs, ys = [t for t, _ in samples], [float(n) for _, n in samples]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    resid = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys))
-    se = (resid / (len(xs) - 2) / sxx) ** 0.5
-    return {"images_per_sec": slope * images_per_update, "images_per_sec_se": se * images_per_update, "windows": None}
-
-
 def main(argv: list[str] | None = None) -> int:
     from_command_line, argv = argv is None, sys.argv[1:] if argv is None else list(argv)
     cfg, extra = parse(argv)
@@ -164,7 +150,7 @@ def chief(cfg: DilatedPSConfig, resolver, launcher, source: str, started_at: str
     # the first jump on (sampled 16 times a step); its SE is the fit's.
     first = next((i for i in range(1, len(busy)) if busy[i][1] != busy[i - 1][1]), 0)
     thr = record.throughput([busy[first:]], cfg.per_worker_batch)
-    thr.update(staircase_rate(busy[first:], cfg.per_worker_batch))
+    thr.update(record.staircase_rate(busy[first:], cfg.per_worker_batch))
     paper = dil.paper_workload(cfg.head)
     link = record.link_info()
     rec = record.base_record(cfg, mode="async", run_id=cfg.run_id, started_at=started_at)

@@ -108,17 +108,38 @@ def check_workload(ap: argparse.ArgumentParser, a: argparse.Namespace, more: tup
                 results_dir=a.results_dir, run_id=a.run_id or record.default_run_id())
 
 
-def parse(argv: list[str] | None) -> DilatedConfig:
-    ap = workload_parser(PROG, __doc__)
+def parse(argv: list[str] | None, prog: str = PROG, doc: str | None = __doc__, delays: bool = True) -> DilatedConfig:
+    """The sync arm's options; `delays=False`: the async all-reduce arm's (one compute delay a sub-batch)."""
+    ap = workload_parser(prog, doc)
     d = DilatedConfig()
-    ap.add_argument("--delay", choices=("per_layer", "end"), default=d.delay)
+    if delays:
+        ap.add_argument("--delay", choices=("per_layer", "end"), default=d.delay)
     ap.add_argument("--ranks-per-node", type=int, default=d.ranks_per_node)
     ap.add_argument("--step-cv", type=float, default=d.step_cv)
     ap.add_argument("--seed", type=int, default=d.seed)
     a = ap.parse_args(argv)
     shared = check_workload(ap, a, (("--ranks-per-node", a.ranks_per_node >= 0, ">= 0"),
                                     ("--step-cv", a.step_cv < 1, "< 1")))
-    return DilatedConfig(**shared, delay=a.delay, ranks_per_node=a.ranks_per_node, step_cv=a.step_cv, seed=a.seed)
+    return DilatedConfig(**shared, delay=a.delay if delays else "sub_batch", ranks_per_node=a.ranks_per_node,
+                         step_cv=a.step_cv, seed=a.seed)
+
+
+def emulated_horovod(plan: dict, d: float, k: int) -> None:
+    """Horovod reads these at init: fused messages as in the real model (threshold / K), negotiation cycle at
+    the emulated cluster's rate (x D)."""
+    os.environ["HOROVOD_FUSION_THRESHOLD"] = str(max(1, int(plan["fusion_threshold_B"] / k)))
+    os.environ["HOROVOD_CYCLE_TIME"] = f"{plan['cycle_time_s'] * d * 1e3:g}"
+
+
+def compute_scales(cfg: DilatedConfig, rank: int, cv: float) -> list[float]:
+    """Each step's compute-time scale on this rank: over the measured steps the normal's quantiles, shuffled per
+    rank, so every rank's mean is exactly t_compute and its spread exactly step_cv (plain draws left the 1-rank
+    baseline off by their own sample mean, up to ~1% at 6 steps); the step's max over ranks is what the
+    straggler term models."""
+    rng = random.Random(cfg.seed * 100003 + rank)
+    z = [statistics.NormalDist().inv_cdf((i + 0.5) / cfg.steps) for i in range(cfg.steps)]
+    z = [rng.gauss(0.0, 1.0) for _ in range(cfg.warmup_steps)] + rng.sample(z, len(z))
+    return [max(0.05, 1.0 + cv * x) for x in z]
 
 
 def _cpu_s() -> float:
@@ -127,16 +148,55 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def dilated_record(cfg: DilatedConfig, mode: str, started_at: str, plan: dict, thr: dict, per_rank: list[dict],
+                   cv: float, controller: str, wall: float, steps: int) -> dict:
+    """The record both Horovod dilated arms write (rank 0): throughput `thr` (emulated), the emulated workload,
+    the links, Horovod's emulated settings and what the emulation cost the host over `steps` steps."""
+    p, D, K = len(per_rank), cfg.dilation, cfg.byte_dilation
+    counts = dil.grad_counts(cfg.head)
+    hosts = [r["host"] for r in per_rank]
+    host_cpu_per_step = sum(r["cpu_s"] for r in per_rank) / steps
+    real_step, ncores = wall / steps, os.cpu_count() or 1
+    link = record.link_info()
+    paper = dil.paper_workload(cfg.head)
+    rec = record.base_record(cfg, mode=mode, run_id=cfg.run_id, started_at=started_at)
+    rec.update({
+        "num_workers": p, "num_ps": 0, "global_batch": cfg.per_worker_batch * p, "num_classes": dil.CLASSES,
+        "steps": cfg.warmup_steps + cfg.steps, "warmup_steps": cfg.warmup_steps, **thr,
+        "train_gflop_per_img": paper["train_gflop_per_img"],
+        "achieved_gflops": thr["images_per_sec"] * paper["train_gflop_per_img"] if thr["images_per_sec"] else None,
+        "mfu": None,  # emulated GPUs: no peak of this machine applies
+        "trainable_params": paper["params"], "gradient_bytes": 4 * sum(counts),
+        "hosts": hosts, "finished_at": record.now_iso(),
+        "dilation": {
+            "D": D, "K": K, "profile": cfg.profile, "delay": cfg.delay,
+            "t_compute_s": plan["t_compute_s"], "t_compute_source": plan["t_compute_source"],
+            "backward_fraction": plan["backward_fraction"], "ready_curve_source": plan["ready_curve_source"],
+            "step_cv": cv, "ranks": p, "nodes": len(set(hosts)),
+            "ranks_per_node": cfg.ranks_per_node or max(hosts.count(h) for h in set(hosts)),
+            "link_rate": link["rate"], "link_Bps_shaped": dil.rate_Bps(link["rate"]),
+            "emulated_link_Bps": plan["link_Bps"], "controller": controller,
+            "grad_tensors": len(counts), "grad_bytes_full": 4 * sum(counts),
+            "grad_bytes_sent": 4 * sum(dil.dilated_counts(counts, K)),
+            "fusion_threshold_B": int(os.environ["HOROVOD_FUSION_THRESHOLD"]),
+            "cycle_time_ms": float(os.environ["HOROVOD_CYCLE_TIME"]),
+            "real_step_s": real_step, "measured_steps": steps,
+            "host_cpu_s_per_step": host_cpu_per_step, "host_cores": ncores,
+            # the share of the machine the emulation used: far below 1 or the host, not the links, sets the pace
+            "host_busy_fraction": host_cpu_per_step / (ncores * real_step),
+            "rank_cpu_affinity": [r["affinity"] for r in per_rank],
+        },
+    })
+    return rec
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(argv)
     started_at = record.now_iso()
     plan = dil.step_plan(cfg.profile, cfg.head, cfg.per_worker_batch)
     D, K = cfg.dilation, cfg.byte_dilation
     cv = plan["step_cv"] if cfg.step_cv < 0 else cfg.step_cv
-    # Horovod reads these at init: fused messages as in the real model (threshold / K), negotiation cycle at
-    # the emulated cluster's rate (x D).
-    os.environ["HOROVOD_FUSION_THRESHOLD"] = str(max(1, int(plan["fusion_threshold_B"] / K)))
-    os.environ["HOROVOD_CYCLE_TIME"] = f"{plan['cycle_time_s'] * D * 1e3:g}"
+    emulated_horovod(plan, D, K)
 
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -153,12 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     t_c = plan["t_compute_s"] * D
     t_fwd, t_bwd = t_c * (1 - plan["backward_fraction"]), t_c * plan["backward_fraction"]
     deadlines = [t_fwd + (t_bwd if cfg.delay == "end" else x * t_bwd) for x in ready]
-    # each rank's compute-time scales: over the measured steps the normal's quantiles, shuffled per rank, so every
-    # rank's mean is exactly t_compute and its spread exactly step_cv (plain draws left the 1-rank baseline off by
-    # their own sample mean, up to ~1% at 6 steps); the step's max over ranks is what the straggler term models
-    rng = random.Random(cfg.seed * 100003 + rank)
-    z = [statistics.NormalDist().inv_cdf((i + 0.5) / cfg.steps) for i in range(cfg.steps)]
-    z = [rng.gauss(0.0, 1.0) for _ in range(cfg.warmup_steps)] + rng.sample(z, len(z))
+    scales = compute_scales(cfg, rank, cv)
 
     grads = [tf.Variable(tf.ones([sent[i]]), trainable=False, name=f"g{i}") for i in order]
 
@@ -195,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu0, wall0 = _cpu_s(), time.monotonic()
             t_done = wall0
             samples.append((wall0 / D, steps_done))
-        scale = max(0.05, 1.0 + cv * z[s])
+        scale = scales[s]
         # the emulated GPU starts its next step when the last allreduce of this one returned: this loop's own
         # dispatch time (host, not emulated cluster) then hides in the next forward delay, unless it is longer
         t0 = t_done if t_done is not None else time.monotonic()
@@ -218,43 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     controller = "mpi" if hvd.mpi_enabled() and not hvd.gloo_enabled() else "gloo"
     if rank != 0:
         return 0
-    hosts = [r["host"] for r in per_rank]
-    nodes = len(set(hosts))
-    rpn = cfg.ranks_per_node or max(hosts.count(h) for h in set(hosts))
     thr = record.throughput([samples], cfg.per_worker_batch * p)
-    host_cpu_per_step = sum(r["cpu_s"] for r in per_rank) / cfg.steps
-    real_step = wall / cfg.steps
-    ncores = os.cpu_count() or 1
-    link = record.link_info()
-    paper = dil.paper_workload(cfg.head)
-    rec = record.base_record(cfg, mode="sync", run_id=cfg.run_id, started_at=started_at)
-    rec.update({
-        "num_workers": p, "num_ps": 0, "global_batch": cfg.per_worker_batch * p, "num_classes": dil.CLASSES,
-        "steps": cfg.warmup_steps + cfg.steps, "warmup_steps": cfg.warmup_steps, **thr,
-        "train_gflop_per_img": paper["train_gflop_per_img"],
-        "achieved_gflops": thr["images_per_sec"] * paper["train_gflop_per_img"] if thr["images_per_sec"] else None,
-        "mfu": None,  # emulated GPUs: no peak of this machine applies
-        "trainable_params": paper["params"], "gradient_bytes": 4 * sum(counts),
-        "hosts": hosts, "finished_at": record.now_iso(),
-        "dilation": {
-            "D": D, "K": K, "profile": cfg.profile, "delay": cfg.delay,
-            "t_compute_s": plan["t_compute_s"], "t_compute_source": plan["t_compute_source"],
-            "backward_fraction": plan["backward_fraction"], "ready_curve_source": plan["ready_curve_source"],
-            "step_cv": cv, "ranks": p, "nodes": nodes, "ranks_per_node": rpn,
-            "link_rate": link["rate"], "link_Bps_shaped": dil.rate_Bps(link["rate"]),
-            "emulated_link_Bps": plan["link_Bps"], "controller": controller,
-            "grad_tensors": len(counts), "grad_bytes_full": 4 * sum(counts), "grad_bytes_sent": 4 * sum(sent),
-            "fusion_threshold_B": int(os.environ["HOROVOD_FUSION_THRESHOLD"]),
-            "cycle_time_ms": float(os.environ["HOROVOD_CYCLE_TIME"]),
-            "exposed_s_p50": statistics.median(exposed), "exposed_s_mean": statistics.fmean(exposed),
-            "exposed_s_per_rank_p50": [r["exposed_p50_s"] for r in per_rank],
-            "real_step_s": real_step, "measured_steps": cfg.steps,
-            "host_cpu_s_per_step": host_cpu_per_step, "host_cores": ncores,
-            # the share of the machine the emulation used: far below 1 or the host, not the links, sets the pace
-            "host_busy_fraction": host_cpu_per_step / (ncores * real_step),
-            "rank_cpu_affinity": [r["affinity"] for r in per_rank],
-        },
-    })
+    rec = dilated_record(cfg, "sync", started_at, plan, thr, per_rank, cv, controller, wall, cfg.steps)
+    rec["dilation"].update({"exposed_s_p50": statistics.median(exposed), "exposed_s_mean": statistics.fmean(exposed),
+                            "exposed_s_per_rank_p50": [r["exposed_p50_s"] for r in per_rank]})
     record.append_record(cfg.runs_path, rec)
     print(f"{PROG}: record {cfg.run_id} -> {cfg.runs_path}: {rec['images_per_sec']:.1f} emulated images/sec "
           f"on {p} ranks (D={D:g}, K={K})")
