@@ -184,7 +184,6 @@ def preset(name: str, **overrides) -> StudyConfig:
         raise PlanError(f"unknown preset {name!r}; choose {', '.join(PRESETS)}")
     values = {"study": name, **PRESETS[name]}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    values.setdefault("modes", tuple(MODES))
     return StudyConfig(**values).validate()
 
 

@@ -32,6 +32,7 @@ GROUP_COLORS = {("sync", "gap", "none"): "tab:blue", ("async", "gap", "none"): "
 CONV_COLORS = {("sync", "none"): "tab:blue", ("sync", "fp16"): "tab:green", ("async", "none"): "tab:orange",
                ("async_allreduce", "none"): "tab:red"}
 CONV_STYLES = {1: "--", 2: "-"}
+CONV_KEY = ["mode", "num_workers", "compression"]
 EXTRA_COLORS = SERIES_COLORS + ["tab:gray", "tab:pink", "tab:red", "black"]
 
 
@@ -43,7 +44,6 @@ def distinct_colors(keys: list, fixed: dict) -> dict:
         if k not in out:
             out[k] = next((c for c in EXTRA_COLORS if c not in out.values()), "black")
     return out
-CONV_KEY = ["mode", "num_workers", "compression"]
 
 
 def _save(fig: plt.Figure, path: str) -> plt.Figure:
@@ -441,7 +441,7 @@ def plot_dilated(rows: list[dict], seed: dict, path: str, compared: bool) -> plt
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     for k, arm in enumerate(arms):
         pts = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["p"])
-        color, marker = ARM_STYLES[arm if arm in ARM_STYLES else "sync_allreduce" if arm.startswith("sync") else "async_ps"]
+        color, marker = ARM_STYLES.get(arm, ARM_STYLES["async_ps"])  # "async_ps (S PS)" carries its shards
         p = np.array([r["p"] for r in pts], dtype=float) * (1 + 0.03 * (k - (len(arms) - 1) / 2))  # no overlap
         eff = np.array([r["speedup"] for r in pts]) / np.array([r["p"] for r in pts])
         ax.errorbar(p, eff, yerr=eff * np.array([r["rel_se"] for r in pts]), fmt=marker, color=color, markersize=6,

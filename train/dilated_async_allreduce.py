@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 from compare import dilated as dil
 from train import record
-from train.dilated_step import _cpu_s, compute_scales, dilated_record, emulated_horovod, parse
+from train.dilated_step import _cpu_s, compute_scales, dilated_record, parse, rank_plan
 
 PROG = "train.dilated_async_allreduce"
 
@@ -36,10 +36,8 @@ PROG = "train.dilated_async_allreduce"
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(argv, PROG, __doc__, delays=False)
     started_at = record.now_iso()
-    plan = dil.step_plan(cfg.profile, cfg.head, cfg.per_worker_batch)
+    plan, cv = rank_plan(cfg)
     D, K = cfg.dilation, cfg.byte_dilation
-    cv = plan["step_cv"] if cfg.step_cv < 0 else cfg.step_cv
-    emulated_horovod(plan, D, K)
 
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(1)

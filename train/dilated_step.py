@@ -124,11 +124,14 @@ def parse(argv: list[str] | None, prog: str = PROG, doc: str | None = __doc__, d
                          step_cv=a.step_cv, seed=a.seed)
 
 
-def emulated_horovod(plan: dict, d: float, k: int) -> None:
-    """Horovod reads these at init: fused messages as in the real model (threshold / K), negotiation cycle at
-    the emulated cluster's rate (x D)."""
-    os.environ["HOROVOD_FUSION_THRESHOLD"] = str(max(1, int(plan["fusion_threshold_B"] / k)))
-    os.environ["HOROVOD_CYCLE_TIME"] = f"{plan['cycle_time_s'] * d * 1e3:g}"
+def rank_plan(cfg: DilatedConfig) -> tuple[dict, float]:
+    """The profile's step plan and the step-time spread (--step-cv, or the profile's when < 0), with Horovod's
+    emulated settings put in the environment, where hvd.init reads them: fused messages as in the real model
+    (threshold / K), negotiation cycle at the emulated cluster's rate (x D)."""
+    plan = dil.step_plan(cfg.profile, cfg.head, cfg.per_worker_batch)
+    os.environ["HOROVOD_FUSION_THRESHOLD"] = str(max(1, int(plan["fusion_threshold_B"] / cfg.byte_dilation)))
+    os.environ["HOROVOD_CYCLE_TIME"] = f"{plan['cycle_time_s'] * cfg.dilation * 1e3:g}"
+    return plan, plan["step_cv"] if cfg.step_cv < 0 else cfg.step_cv
 
 
 def compute_scales(cfg: DilatedConfig, rank: int, cv: float) -> list[float]:
@@ -193,10 +196,8 @@ def dilated_record(cfg: DilatedConfig, mode: str, started_at: str, plan: dict, t
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(argv)
     started_at = record.now_iso()
-    plan = dil.step_plan(cfg.profile, cfg.head, cfg.per_worker_batch)
+    plan, cv = rank_plan(cfg)
     D, K = cfg.dilation, cfg.byte_dilation
-    cv = plan["step_cv"] if cfg.step_cv < 0 else cfg.step_cv
-    emulated_horovod(plan, D, K)
 
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(1)
