@@ -148,17 +148,27 @@ def arm_label(mode: str, shards: int) -> str:
 
 
 # ------------------------------------------------------------------ the plan and the backend
+def check_mode(modes: tuple[str, ...]) -> str:
+    """The arm the dilation check is made on: sync when the study runs it, else the study's other arm."""
+    return next(m for m in ("sync", "async_allreduce", "async") if m in modes)
+
+
 def plan_dilated(cfg: StudyConfig) -> list[Run]:
-    """Every p at D (sync, and async when asked), then sync at the largest p at 2D (the dilation check),
-    repeat-major."""
+    """Every p at D for every mode, then the check arm (check_mode) at its largest p at 2D (the dilation
+    check), repeat-major."""
     head, size = cfg.heads[0], cfg.image_sizes[0]
+
+    def runs_at(mode: str, p: int) -> bool:
+        return not (mode == "async" and cfg.async_max_workers and p > cfg.async_max_workers)
+
+    check = check_mode(cfg.modes)
+    top = max(p for p in cfg.workers if runs_at(check, p))
     runs = []
     for rep in range(cfg.repeats):
-        for d, ps, modes in ((cfg.dilation, cfg.workers, cfg.modes), (2 * cfg.dilation, (max(cfg.workers),), ("sync",))):
+        for d, ps, modes in ((cfg.dilation, cfg.workers, cfg.modes), (2 * cfg.dilation, (top,), (check,))):
             link = dilated_rate(cfg.profile, cfg.byte_dilation, d)
             for p in ps:
-                for mode in [m for m in ("sync", "async_allreduce", "async") if m in modes
-                             and not (m == "async" and cfg.async_max_workers and p > cfg.async_max_workers)]:
+                for mode in [m for m in ("sync", "async_allreduce", "async") if m in modes and runs_at(m, p)]:
                     runs.append(Run("main", mode, p, head, size, "none", rep, link=link,
                                     nodes=math.ceil(p / cfg.ranks_per_node), dilation=d))
     return runs
@@ -286,25 +296,26 @@ def fidelity(study_dir: str, max_d_change: float = 0.03, min_link_fraction: floa
     from compare.hostload import load_path, read
     from train import record
 
-    recs = [r for r in dilated_records(record.read_valid(record.runs_path(
+    recs = dilated_records(record.read_valid(record.runs_path(
         os.path.dirname(os.path.normpath(study_dir)) or ".", os.path.basename(os.path.normpath(study_dir))))[0])
-        if r["mode"] == "sync"]  # the dilation check is made on the sync arm
     checks = []
-    if recs:
-        pmax = max(r["num_workers"] for r in recs)
-        ds = sorted({r["dilation"]["D"] for r in recs if r["num_workers"] == pmax})
-        at = {d: [r["images_per_sec"] for r in recs if r["num_workers"] == pmax and r["dilation"]["D"] == d] for d in ds}
+    if recs:  # on the arm the plan ran at 2D (check_mode of the arms the records show)
+        mode = check_mode(tuple({r["mode"] for r in recs}))
+        mine = [r for r in recs if r["mode"] == mode]
+        pmax = max(r["num_workers"] for r in mine)
+        ds = sorted({r["dilation"]["D"] for r in mine if r["num_workers"] == pmax})
+        at = {d: [r["images_per_sec"] for r in mine if r["num_workers"] == pmax and r["dilation"]["D"] == d] for d in ds}
         if len(ds) >= 2:
             lo, hi = ds[0], ds[-1]
             a, b = sum(at[lo]) / len(at[lo]), sum(at[hi]) / len(at[hi])
             change = b / a - 1
             checks.append({"check": "dilation", "ok": abs(change) < max_d_change, "value": change,
-                           "threshold": max_d_change,
-                           "text": f"at p={pmax}, D={lo:g} -> {hi:g} changes emulated images/sec by {change:+.1%} "
-                                   f"({a:.1f} -> {b:.1f}; limit ±{max_d_change:.0%})"})
+                           "threshold": max_d_change, "mode": mode,
+                           "text": f"{mode} at p={pmax}, D={lo:g} -> {hi:g} changes emulated images/sec by "
+                                   f"{change:+.1%} ({a:.1f} -> {b:.1f}; limit ±{max_d_change:.0%})"})
         else:
-            checks.append({"check": "dilation", "ok": False, "value": None, "threshold": max_d_change,
-                           "text": f"no run at 2D at the largest p ({pmax}): the dilation check cannot be made"})
+            checks.append({"check": "dilation", "ok": False, "value": None, "threshold": max_d_change, "mode": mode,
+                           "text": f"no {mode} run at 2D at its largest p ({pmax}): the dilation check cannot be made"})
     else:
         checks.append({"check": "dilation", "ok": False, "value": None, "threshold": max_d_change,
                        "text": "no dilated run succeeded"})

@@ -74,6 +74,11 @@ def test_quick_plan_and_rates():
     assert len({r.run_ids()[0] for r in runs}) == len(runs)
     with pytest.raises(PlanError):
         preset("dilated-quick", byte_dilation=10**9)  # B/(K·D) too slow to shape
+    # a study of the PS arm alone checks dilation on that arm, at the largest p it runs
+    ps_only = plan(preset("dilated", modes=("async",), async_max_workers=24))
+    assert {r.mode for r in ps_only} == {"async"} and max(r.workers for r in ps_only) == 24
+    [check] = [r for r in ps_only if r.dilation == 4.0]
+    assert (check.mode, check.workers) == ("async", 24)
 
 
 def test_t_compute_comes_from_the_model():
@@ -103,9 +108,9 @@ def _rec(p: int, d: float, ips: float, link: str, host: str, sha: str, run_id: s
                      "real_step_s": 0.5}}
 
 
-def _fixture(study: Path, drift: float, bench_fraction: float) -> None:
+def _fixture(study: Path, drift: float, bench_fraction: float, **overrides) -> None:
     """The quick preset's study, every run done at this commit on this host: `compare run` only checks fidelity."""
-    cfg = preset("dilated-quick", results_dir=str(study.parent), study=study.name)
+    cfg = preset("dilated-quick", results_dir=str(study.parent), study=study.name, **overrides)
     sha = record.git_state()[0]
     study.mkdir(parents=True)
     lines = []
@@ -118,6 +123,9 @@ def _fixture(study: Path, drift: float, bench_fraction: float) -> None:
             rec |= {"mode": "async_allreduce", "updates_per_sec": 1 / 0.26, "allreduce_s": {"p50": 0.25},
                     "effective_batch": {"mean": float(p)}, "staleness": {"mean": 0.5, "max": 1}}
             rec["dilation"] = {**rec["dilation"], "delay": "sub_batch"}
+        if r.mode == "async":  # train/dilated_ps.py's fields
+            rec |= {"mode": "async", "num_ps": 1}
+            rec["dilation"] = {**rec["dilation"], "delay": "dataset_sleep"}
         lines.append(rec)
     (study / "runs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     for link in {r.link for r in plan(cfg)}:
@@ -140,13 +148,22 @@ def test_failed_fidelity_check_fails_the_study(tmp_path):
     assert p.returncode == 1 and not fid["ok"]
     assert [c["check"] for c in fid["checks"] if not c["ok"]] == ["dilation"]
     assert "+10.0%" in fid["reason"] and "\n" not in fid["reason"]
-    assert p.stderr.strip().splitlines()[-1].startswith("compare run: fidelity check failed: at p=4")
+    assert p.stderr.strip().splitlines()[-1].startswith("compare run: fidelity check failed: sync at p=4")
     assert not (tmp_path / "lc").exists()  # nothing was brought up: every run was already done
     assert _compare("report", "--study", "fx", "--results-dir", str(study.parent)).returncode == 0
     md = (study / "report.md").read_text()
     assert "**Fidelity check failed:" in md
     section = md.split("## Time-dilated emulation")[1].split("\n## ")[0]
     assert "within the goal" not in section and "model speedup" not in section
+
+
+def test_a_ps_only_study_is_checked_on_its_own_arm(tmp_path):
+    study = tmp_path / "results" / "fx"
+    _fixture(study, drift=0.10, bench_fraction=0.95, modes=("async",))
+    fid = dilated.fidelity(str(study))
+    [check] = [c for c in fid["checks"] if c["check"] == "dilation"]
+    assert not fid["ok"] and not check["ok"] and check["mode"] == "async" and check["value"] == pytest.approx(0.10)
+    assert fid["reason"].startswith("async at p=4, D=2 -> 4")
 
 
 def test_slow_link_bench_fails_and_passing_study_is_compared(tmp_path):
