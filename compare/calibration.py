@@ -172,27 +172,32 @@ def bench_points(benches: list[dict]) -> tuple[list[float], list[float]]:
 
 
 def emulated_kind(row: pd.Series) -> str:
-    """sync-1n, sync-2n, async-1n, async-2n, async_allreduce-1n/-2n or ceil-2n: one worker a node."""
+    """sync-1n, sync-2n, async-1n, async-2n, async_allreduce-1n/-2n or ceil-2n: one worker a node; a compressed
+    run is its own kind (sync-2n+topk:0.01): it neither calibrates nor joins the uncompressed points."""
     if row["role"] == "ceiling":
         return f"ceil-{int(row['copies'])}n"
-    return f"{row['mode']}-{int(row['num_workers'])}n"
+    comp = row.get("compression") or "none"
+    return f"{row['mode']}-{int(row['num_workers'])}n" + ("" if comp == "none" else f"+{comp}")
 
 
 def link_inputs(df: pd.DataFrame, benches: dict, link: str, batch: int) -> dict | None:
     """Model inputs at one link rate: alpha and B from that link's bench; t1s, t1a and kappa from the runs
     that cross no link made in the same pass over this link rate (the host's load drifts within minutes:
-    inputs from the same minutes track it). None when an input is missing (no prediction)."""
+    inputs from the same minutes track it). None without a bench or a sync-1n run (no prediction); an arm
+    without its 1-node run gets no prediction (t1a, t1r None)."""
     ok = df[(df["status"] == "ok") & df["images_per_sec"].notna() & (df["link"] == link)]
     kinds = ok.apply(emulated_kind, axis=1) if len(ok) else pd.Series(dtype=str)
     s1, a1, r1, ceil = (ok[kinds == k]["images_per_sec"]
                         for k in ("sync-1n", "async-1n", "async_allreduce-1n", "ceil-2n"))
     b = benches.get(link.lower(), [])
-    if s1.empty or a1.empty or not b:
+    if s1.empty or not b:
         return None
     sizes, times = bench_points(b)
     alpha, bw = scaling.fit_alpha_beta(sizes, times, 2)
     kappa = float(s1.median()) / float(ceil.median()) if len(ceil) else 1.0
-    return {"t1s": batch / float(s1.median()), "t1a": batch / float(a1.median()), "alpha": alpha, "bw": bw,
+    return {"t1s": batch / float(s1.median()), "alpha": alpha, "bw": bw,
+            # the PS arm's 1-node update time (absent: no prediction for that arm)
+            "t1a": batch / float(a1.median()) if len(a1) else None,
             "kappa": kappa, "n_ceil": len(ceil), "bench_sizes": sizes, "bench_times": times,
             "bench_reps": len(b), "n_s1": len(s1), "n_a1": len(a1),
             # the async all-reduce arm's 1-node sub-batch time (absent: no prediction for that arm)

@@ -431,7 +431,7 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
                    "host": _stat(g, "host_busy_fraction", max), "host_cpu": _stat(g, "host_cpu_s_per_step", max),
                    "real_step": _stat(g, "real_step_s", max), "n": len(g)}
             rows.append(row)
-            out_rows.append({**row, "profile": profile, "head": head, "batch": batch, "D": d, "K": k,
+            out_rows.append({**row, "profile": profile, "head": head, "batch": batch, "D": d, "K": k, "mode": mode,
                              "arm": arm if mode != "async" else f"async_ps ({shards} PS)"})
         head_cols = ["p", "nodes", "runs", "emulated img/s", "speedup", "efficiency", "exposed comm (emulated ms)",
                      "real step s", "host CPU s/step", "host busy"]
@@ -452,11 +452,14 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
                                                                                       "consistent within noise", "misses")}
         md += [f"Multi-rank points: {sum(n.values())} ({n['within the goal']} within the goal, "
                f"{n['consistent within noise']} consistent within noise, {n['misses']} misses). Model: "
-               f"compare/scaling.py project(arm={ARM}) for the same profile, head and batch; error = (model − emulated) "
+               f"compare/scaling.py project() with each table's arm "
+               f"({', '.join(dict.fromkeys(MODE_ARMS[m] for m in MODE_ARMS if any(r['mode'] == m for r in out_rows)))}) "
+               f"for the same profile, head and batch; error = (model − emulated) "
                f"/ emulated speedup. The emulation has no fixed per-step overhead: the model's overhead_s (an input "
                f"fitted on published K80 sets, compare validate) is not emulated, so where it matters (short steps) the "
-               f"model is below the emulation by about overhead_s / t_compute. The straggler term is emulated: each "
-               f"rank's compute delay is drawn with the profile's step_cv (record field dilation.step_cv).", ""]
+               f"model is below the emulation by about overhead_s / t_compute. In the all-reduce arms the straggler "
+               f"term is emulated: each rank's compute delay is drawn with the profile's step_cv (record field "
+               f"dilation.step_cv); the PS arm's workers sleep t_compute each.", ""]
     else:
         md += [f"**Fidelity check failed: {fid['reason']}.** The emulated points are listed but not compared with the "
                "model: the emulation may have measured this host, not the emulated cluster.", ""]

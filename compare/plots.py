@@ -329,6 +329,41 @@ def plot_emulated_validation(val: pd.DataFrame, points: dict, links: list[str], 
     return _save(fig, path)
 
 
+def plot_emulated_compression(comp: pd.DataFrame, runs: pd.DataFrame, path: str) -> plt.Figure:
+    """Per link rate: each compression's 2-node sync images/sec (bar: mean ± SE; hollow: each run), the model
+    beside it (black bar), and 1 uncompressed worker on 1 node (dashed): above it, two nodes pay."""
+    links = list(dict.fromkeys(comp["link"]))
+    fig, axes = plt.subplots(1, len(links), figsize=(max(7.5, 5.5 * len(links)), 5.4), squeeze=False)
+    methods = list(dict.fromkeys(sorted(comp["compression"], key=lambda c: (c != "none", c))))
+    colors = distinct_colors(methods, {"none": "tab:blue", "fp16": "tab:green"})
+    for ax, link in zip(axes[0], links):
+        g = comp[comp["link"] == link].set_index("compression")
+        ms = [m for m in methods if m in g.index]
+        xs = range(len(ms))
+        ax.bar(xs, [g.loc[m, "mean"] for m in ms], yerr=[0 if math.isnan(g.loc[m, "se"]) else g.loc[m, "se"] for m in ms],
+               color=[colors[m] for m in ms], alpha=0.75, capsize=3, label="2 workers on 2 nodes: mean ± SE")
+        for x, m in zip(xs, ms):
+            pts = runs[(runs["link"] == link) & (runs["mode"] == "sync") & (runs["num_workers"] == 2)
+                       & (runs["compression"] == m)]["images_per_sec"]
+            ax.plot([x - 0.15] * len(pts), list(pts), "o", mfc="none", color="black", alpha=0.6,
+                    label="each run" if x == 0 else None)
+        ax.plot([x + 0.25 for x in xs], [g.loc[m, "predicted"] for m in ms], marker="_", markersize=14, mew=2.5,
+                linestyle="none", color="black", label="model (bytes ratio, compress time measured)")
+        one = runs[(runs["link"] == link) & (runs["mode"] == "sync") & (runs["num_workers"] == 1)
+                   & (runs["compression"] == "none")]["images_per_sec"]
+        if len(one):
+            ax.axhline(float(one.mean()), color="gray", linestyle="--", label="1 worker on 1 node, none")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(ms, rotation=20)
+        ax.set_ylabel("images/sec (both workers)")
+        ax.set_title(f"{link} per node")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    fig.suptitle("Emulated cluster: sync all-reduce, compressed gradients, 2 workers on 2 nodes", fontsize=11)
+    return _save(fig, path)
+
+
 def plot_emulated_allreduce(inputs: dict, n: float, path: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for i, (link, inp) in enumerate(inputs.items()):
@@ -354,10 +389,12 @@ def plot_emulated_projection(inputs: dict, n: float, batch: int, seed: dict, pat
     """One panel per (mode, link): that link's measured alpha, B and compute projected to 48 nodes, band from
     varying alpha, B and kappa over their stated ranges."""
     links = list(inputs)
-    fig, axes = plt.subplots(2, max(1, len(links)), figsize=(4.8 * max(1, len(links)), 8.6), squeeze=False)
+    modes = ["sync"] + (["async"] if all(i.get("t1a") for i in inputs.values()) else [])  # t1a: an async-1n run
+    fig, axes = plt.subplots(len(modes), max(1, len(links)), figsize=(4.8 * max(1, len(links)), 4.3 * len(modes)),
+                             squeeze=False)
     gpus = np.array(scaling.PROJECTION_GPUS)
     for col, link in enumerate(links):
-        for row, mode in enumerate(("sync", "async")):
+        for row, mode in enumerate(modes):
             ax = axes[row][col]
             ax.plot(gpus, gpus, color="gray", linestyle="--", linewidth=1, label="ideal")
             y = scaling.emulated_speedups(inputs[link], n, batch, mode, gpus)

@@ -265,7 +265,8 @@ def emulated_validation(df: pd.DataFrame, benches: dict) -> tuple[pd.DataFrame, 
         return pd.DataFrame(), {}, {"inputs": {}, "links": [], "missing": []}
     kinds = ok.apply(calibration.emulated_kind, axis=1)
     batch = int(ok["per_worker_batch"].iloc[0])
-    n = float(ok["gradient_bytes"].dropna().iloc[0]) if ok["gradient_bytes"].notna().any() else float("nan")
+    plain = ok[ok["compression"] == "none"]["gradient_bytes"].dropna()  # fp32 (a fp16 record's are halved)
+    n = float(plain.iloc[0]) if len(plain) else float("nan")
     links = sorted(ok["link"].unique(), key=scaling.rate_bps, reverse=True)
     inputs, rows, points, missing = {}, [], {}, []
     for link in links:
@@ -303,7 +304,7 @@ def emulated_section(df: pd.DataFrame, val: pd.DataFrame, info: dict, benches: d
                             "bench exchange of n (ms) / n at the tc rate (ms)"],
                            [[link, fmt(scaling.rate_bps(link) / 8e6, ".0f"), fmt(i["alpha"] * 1e3, ".2f"),
                              fmt(i["bw"] / 1e6, ".0f"), fmt(i["bw"] * 8 / scaling.rate_bps(link), ".2f"),
-                             fmt(i["t1s"] * 1e3, ".0f") + f" (n={i['n_s1']})", fmt(i["t1a"] * 1e3, ".0f") + f" (n={i['n_a1']})",
+                             fmt(i["t1s"] * 1e3, ".0f") + f" (n={i['n_s1']})", fmt(i["t1a"] * 1e3 if i.get("t1a") else None, ".0f") + f" (n={i['n_a1']})",
                              fmt(i["t1r"] * 1e3 if i.get("t1r") else None, ".0f") + f" (n={i.get('n_r1', 0)})",
                              fmt(i["kappa"], ".3f") + f" (n={i['n_ceil']})",
                              fmt(scaling.ring_time(n, 2, i["alpha"], i["bw"]) * 1e3, ".0f"), str(i["bench_reps"]),
@@ -336,6 +337,68 @@ def emulated_section(df: pd.DataFrame, val: pd.DataFrame, info: dict, benches: d
         when.append(f"- {link}: runs started {', '.join(dict.fromkeys(starts))}; bench {', '.join(bench_at) or 'none'} (UTC)")
     return md + ["", "When each input was measured (the model pairs inputs and 2-node points of the same link rate):",
                  "", *when]
+
+
+def emulated_compression(df: pd.DataFrame, info: dict) -> pd.DataFrame:
+    """Sync runs on 2 nodes per (link, compression) when a link has compressed ones (issue 15): images/sec, bytes,
+    compress time, against none's on the same link, and the emulated model with each method's measured cost
+    (its bytes ratio and compress time from the records; t1s, kappa, alpha and B as for the other points)."""
+    ok = usable(df)
+    ok = ok[(ok["link"] != "") & (ok["mode"] == "sync")]
+    if ok.empty or set(ok["compression"]) == {"none"}:
+        return pd.DataFrame()
+    costs = calibration.compression_costs(df)
+    n, rows = info.get("n", math.nan), []
+    for link in info["links"]:
+        here = ok[ok["link"] == link]
+        two, one = here[here["num_workers"] == 2], here[(here["num_workers"] == 1) & (here["compression"] == "none")]
+        if set(two["compression"]) <= {"none"}:
+            continue
+        base = two[two["compression"] == "none"]["images_per_sec"]
+        b_mean = float(base.mean()) if len(base) else math.nan
+        b_se = mean_se(base, two[two["compression"] == "none"]["images_per_sec_se"]) if len(base) else math.nan
+        one_ips = float(one["images_per_sec"].mean()) if len(one) else math.nan
+        inp = info["inputs"].get(link)
+        for comp in sorted(set(two["compression"]), key=lambda c: (c != "none", c)):
+            g = two[two["compression"] == comp]
+            mean, se = float(g["images_per_sec"].mean()), mean_se(g["images_per_sec"], g["images_per_sec_se"])
+            cost = scaling.KNOWN_COMPRESSIONS["none"] if comp == "none" else costs.get(comp)
+            pred = scaling.emulated_predict("sync", 2, inp, int(g["per_worker_batch"].iloc[0]), n, cost) \
+                if inp and cost is not None and not math.isnan(n) else math.nan
+            words, rel, rel_se = difference(mean, se, b_mean, b_se)
+            err = (pred - mean) / mean
+            rows.append({"link": link, "compression": comp, "n": len(g), "mean": mean, "se": se,
+                         "sent": float(g["bytes_sent_per_step"].mean()),
+                         "compress_ms": float(g["compress_time_s_per_step"].fillna(0.0).mean()) * 1e3,
+                         "vs_none": rel, "vs_none_se": rel_se, "vs_none_words": words,
+                         "speedup_1n": mean / one_ips if one_ips else math.nan,
+                         "predicted": pred, "rel_error": err,
+                         "verdict": verdict(err, se / mean) if not math.isnan(pred) else calibration.NO_BENCH})
+    return pd.DataFrame(rows)
+
+
+def emulated_compression_section(comp: pd.DataFrame) -> list[str]:
+    if comp.empty:
+        return []
+    md = ["## Compressed gradients on the emulated links (sync arm, 2 workers on 2 nodes, issue 15)", "",
+          "Per link rate: each method's images/sec (mean ± SE over repeats) against none's on the same link "
+          "(*higher*/*lower* only beyond 2 SE of the ratio, else *indistinguishable*), the speedup of 2 nodes over "
+          "1 uncompressed worker on 1 node, the bytes each worker handed Horovod a step and the compress + "
+          "decompress time (records), and the emulated model with that method's bytes ratio and compress time "
+          "(measured in these records, not fitted) in place of none's.", ""]
+    for link, g in comp.groupby("link", sort=False):
+        none_sent = g[g["compression"] == "none"]["sent"].mean()
+        md += [f"{link}:", "", md_table(
+            ["method", "runs", "images/sec", "vs none", "2 nodes / 1 node", "sent MB/step", "fewer bytes",
+             "compress ms/step", "model img/s", "error", "verdict"],
+            [[r["compression"], str(r["n"]), _pm(r["mean"], r["se"]),
+              "(baseline)" if r["compression"] == "none" else
+              f"{fmt(r['vs_none'] * 100, '+.0f')}% ± {fmt(r['vs_none_se'] * 100, '.0f')}: {r['vs_none_words']}",
+              fmt(r["speedup_1n"], ".2f"), fmt(r["sent"] / 1e6, ".2f"),
+              fmt(none_sent / r["sent"] if r["sent"] else math.nan, ".1f") + "x", fmt(r["compress_ms"], ".0f"),
+              fmt(r["predicted"]), fmt(r["rel_error"] * 100, "+.1f") + ("%" if pd.notna(r["rel_error"]) else ""),
+              r["verdict"]] for _, r in g.iterrows()]), ""]
+    return md
 
 
 # ------------------------------------------------------------------ convergence (issue 6)
@@ -704,6 +767,10 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
             einfo["inputs"], einfo["n"], os.path.join(out_dir, "emulated_allreduce.png"))
         figs["emulated_projection.png"] = plots.plot_emulated_projection(
             einfo["inputs"], einfo["n"], einfo["batch"], seed, os.path.join(out_dir, "emulated_projection.png"))
+    ecomp = emulated_compression(df[~dil_mask], einfo) if einfo["links"] else pd.DataFrame()
+    if not ecomp.empty:
+        figs["emulated_compression.png"] = plots.plot_emulated_compression(
+            ecomp, usable(df[~dil_mask]), os.path.join(out_dir, "emulated_compression.png"))
     figs = {k: v for k, v in figs.items() if v is not None}
     for fig in figs.values():
         plt.close(fig)
@@ -732,6 +799,7 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
         md += [*local_model_section(local, calib, val), ""]
     if einfo["links"]:
         md += [*emulated_section(df, eval_, einfo, benches), ""]
+        md += emulated_compression_section(ecomp)
     if dil_mask.any():
         from compare import dilated
         dcfg = info.get("config") or {}

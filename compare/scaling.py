@@ -415,8 +415,10 @@ def rate_bps(link: str) -> float:
     return float(m.group(1)) * RATE_MULT[m.group(2)] if m else float("nan")
 
 
-def emulated_sync_ips(t1s: float, p: int, n: float, alpha: float, bw: float, batch: int, kappa: float = 1.0) -> float:
-    return p * batch / (kappa * t1s + ring_time(n, p, alpha, bw))
+def emulated_sync_ips(t1s: float, p: int, n: float, alpha: float, bw: float, batch: int, kappa: float = 1.0,
+                      extra_s: float = 0.0) -> float:
+    """extra_s: what else a step spends outside compute and the ring (compress + decompress)."""
+    return p * batch / (kappa * t1s + ring_time(n, p, alpha, bw) + extra_s)
 
 
 def emulated_async_ips(t1a: float, p: int, n: float, alpha: float, bw: float, batch: int, kappa: float = 1.0,
@@ -432,12 +434,20 @@ def emulated_async_ips(t1a: float, p: int, n: float, alpha: float, bw: float, ba
     return batch * rate
 
 
-def emulated_predict(mode: str, p: int, inputs: dict, batch: int, n: float) -> float:
-    """Images/sec at p workers on p nodes from one link's measured inputs."""
+def emulated_predict(mode: str, p: int, inputs: dict, batch: int, n: float,
+                     compression: "CompressionCost | None" = None) -> float:
+    """Images/sec at p workers on p nodes from one link's measured inputs. compression (sync arm, issue 15):
+    the exchange moves compression.wire_bytes(n, p) and each step adds its compress time (at p > 1)."""
     if mode == "sync":
-        return emulated_sync_ips(inputs["t1s"], p, n, inputs["alpha"], inputs["bw"], batch,
-                                 inputs.get("kappa", 1.0) if p > 1 else 1.0)
+        c = compression or KNOWN_COMPRESSIONS["none"]
+        extra = c.compress_s(n) if p > 1 else 0.0
+        return emulated_sync_ips(inputs["t1s"], p, c.wire_bytes(n, p), inputs["alpha"], inputs["bw"], batch,
+                                 inputs.get("kappa", 1.0) if p > 1 else 1.0, extra)
+    if compression is not None and compression.method != "none":
+        raise ModelError(f"the {mode} arm runs uncompressed gradients only")
     if mode == "async":
+        if not inputs.get("t1a"):
+            return float("nan")  # no 1-node run of the arm at this link: no prediction
         return emulated_async_ips(inputs["t1a"], p, n, inputs["alpha"], inputs["bw"], batch, 1.0, inputs["t1s"])
     if mode == "async_allreduce":  # compute never waits while the ring keeps up; the nodes contend as sync's do
         if not inputs.get("t1r"):

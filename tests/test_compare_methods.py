@@ -55,7 +55,7 @@ def test_no_compressed_async_runs_are_planned(tmp_path: Path):
     (["--modes", "async", "--compressions", "sign"], "no mode of async runs compression sign"),
     (["--modes", "ps"], "unknown value 'ps'"),
     (["--async-allreduce-lr", "0"], "--async-allreduce-lr"),
-    (["--preset", "compression", "--cluster", "emulated"], "emulated backend runs uncompressed gradients only"),
+    (["--preset", "dilated-quick", "--compressions", "none,fp16"], "dilated backend runs uncompressed gradients only"),
 ])
 def test_bad_method_arguments_one_line_exit_2_nothing_written(tmp_path: Path, capsys, args, words):
     with pytest.raises(SystemExit) as e:

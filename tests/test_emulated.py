@@ -168,17 +168,21 @@ def test_tiny_emulated_study_end_to_end(tmp_path):
            "--results-dir", str(results), "--state-dir", str(state), "--net-id", str(_free_net_id()),
            "--heads", "fc4096", "--width", "0.125", "--per-worker-batch", "8", "--steps-per-epoch", "6",
            "--async-steps-per-epoch", "16", "--warmup-steps", "1", "--bench-reps", "2", "--bench-factors", "0.125,1",
-           "--timeout", "180", "--no-progress", "--load-interval", "5"]
+           "--timeout", "180", "--no-progress", "--load-interval", "5", "--compressions", "none,topk:0.01:0"]
     p = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=900)
     assert not state.exists(), "the study must take its cluster down"
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     recs, rejected = record.read_valid(str(results / "tiny" / "runs.jsonl"))
     ok = [r for r in recs if r["status"] == "ok"]
-    assert rejected == 0 and len(ok) == len(recs) == 8, [(r["run_id"], r.get("error")) for r in recs]
-    kinds = sorted((r["mode"], r["num_workers"], r["role"], r["copies"]) for r in ok)
-    assert kinds == [("async", 1, "main", 1), ("async", 2, "main", 1), ("async_allreduce", 1, "main", 1),
-                     ("async_allreduce", 2, "main", 1), ("sync", 1, "ceiling", 2),
-                     ("sync", 1, "ceiling", 2), ("sync", 1, "main", 1), ("sync", 2, "main", 1)]
+    assert rejected == 0 and len(ok) == len(recs) == 9, [(r["run_id"], r.get("error")) for r in recs]
+    kinds = sorted((r["mode"], r["num_workers"], r["role"], r["copies"], r["compression"]) for r in ok)
+    assert kinds == [("async", 1, "main", 1, "none"), ("async", 2, "main", 1, "none"),
+                     ("async_allreduce", 1, "main", 1, "none"), ("async_allreduce", 2, "main", 1, "none"),
+                     ("sync", 1, "ceiling", 2, "none"), ("sync", 1, "ceiling", 2, "none"), ("sync", 1, "main", 1, "none"),
+                     ("sync", 2, "main", 1, "none"), ("sync", 2, "main", 1, "topk:0.01:0")]  # compressed: 2 nodes only
+    plain, topk = (next(r for r in ok if r["num_workers"] == 2 and r["mode"] == "sync" and r["compression"] == c)
+                   for c in ("none", "topk:0.01:0"))
+    assert topk["bytes_sent_per_step"] < plain["bytes_sent_per_step"] / 10 and topk["compression_ratio"] > 10
     for r in ok:
         assert r["link"]["rate"] == "1gbit" and 0 < r["mfu"] <= 1
     two = [r for r in ok if r["num_workers"] == 2]
@@ -195,3 +199,44 @@ def test_tiny_emulated_study_end_to_end(tmp_path):
         row = re.search(rf"\| 1gbit \| {kind} \| 1 \| [\d.]+ ± [\d.–]+ \| [\d.–]+ \| ([\d.]+) \| ([+-][\d.]+)% \| (.+) \|", md)
         assert row and float(row.group(1)) > 0, (kind, md)
         assert row.group(3) in ("within the goal", "consistent within noise", "misses")
+    sec = md.split("## Compressed gradients on the emulated links")[1].split("\n## ")[0]
+    assert re.search(r"\| topk:0\.01:0 \| 1 \| [\d.]+ ± [\d.–]+ \| [+-]\d+% ± [\d–]+: (higher|lower|indistinguishable|untestable) \|", sec), sec
+    assert (results / "tiny" / "emulated_compression.png").stat().st_size > 10_000
+
+
+def test_compressed_gradients_on_emulated_links(tmp_path):
+    """Issue 15 on the emulated links: compressed sync runs on 2 nodes are their own points beside none's; the
+    model moves each method's measured bytes (ratio) and adds its measured compress time."""
+    inp = {"t1s": 0.128, "t1a": 0.25, "alpha": 0.03, "bw": 1.2e7, "kappa": 1.25}
+    topk = scaling.CompressionCost("topk:0.01", ratio=20.0, compress_s_per_B=1e-9, gather=True, overlapped=False)
+    want = 2 * 32 / (1.25 * 0.128 + scaling.ring_time(64e6 / 20, 2, 0.03, 1.2e7) + 1e-9 * 64e6)
+    assert scaling.emulated_predict("sync", 2, inp, 32, 64e6, topk) == pytest.approx(want)
+    assert scaling.emulated_predict("sync", 1, inp, 32, 64e6, topk) == pytest.approx(32 / 0.128)  # no one to send to
+    with pytest.raises(scaling.ModelError):
+        scaling.emulated_predict("async", 2, inp, 32, 64e6, topk)
+    study = tmp_path / "emulated"
+    emulated_fixture(study, {"200mbit": (0.03, 1.2e7)}, ("200mbit",))
+    recs = [json.loads(line) for line in (study / "runs.jsonl").read_text().splitlines()]
+    params = int(64e6 / 4)  # the fixture's fp32 gradient_bytes
+    for r in recs:  # the sync trainer's byte counts, none included
+        r["trainable_params"] = params
+        if r["mode"] == "sync" and r["role"] == "main":
+            r |= {"bytes_sent_per_step": 4 * params, "bytes_received_per_step": 4 * params, "compression_ratio": 1.0}
+    for rep, ips in ((0, 60.0), (1, 58.0)):  # topk: 20x fewer bytes, well above none's ~14 img/s
+        r = _rec("200mbit", "sync-2n", rep, ips)
+        recs.append({**r, "run_id": f"topk-{rep}", "trainable_params": params, "compression": "topk:0.01",
+                     "compression_ratio": 20.0,
+                     "bytes_sent_per_step": 4 * params / 20, "bytes_received_per_step": 2 * 4 * params / 20,
+                     "compress_time_s_per_step": 0.064})
+    (study / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    md = Path(write_report(str(study))).read_text()
+    assert re.search(r"\| 200mbit \| sync-2n \| 2 \| .* \| within the goal \|", md)  # none's point unchanged
+    assert "sync-2n+topk" not in md.split("## Emulated cluster: predicted vs measured")[1].split("\n## ")[0]
+    sec = md.split("## Compressed gradients on the emulated links")[1].split("\n## ")[0]
+    row = next(line for line in sec.splitlines() if line.startswith("| topk:0.01 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2" and cells[3].endswith(": higher") and cells[6] == "20.0x" and cells[7] == "64"
+    cost = scaling.CompressionCost("topk:0.01", 20.0, 0.064 / (4 * params), True, False)
+    assert float(cells[8]) == pytest.approx(scaling.emulated_predict("sync", 2, inp, 32, 64e6, cost), rel=0.01)
+    assert float(cells[8]) > float(next(line for line in sec.splitlines() if line.startswith("| none |")).split("|")[9])
+    assert (study / "emulated_compression.png").stat().st_size > 10_000
