@@ -81,6 +81,17 @@ def test_quick_plan_and_rates():
     assert (check.mode, check.workers) == ("async", 24)
 
 
+def test_ps_shards_each_behind_their_own_node_link(tmp_path):
+    cfg = preset("dilated", modes=("async",), ps=3, results_dir=str(tmp_path), study="s")
+    run = next(r for r in plan(cfg) if r.workers == 6 and r.dilation == cfg.dilation)
+    argv = dilated.DilatedBackend().async_command(cfg, run, "rid")
+    hostfile = next(a.split("=", 1)[1] for a in argv if a.startswith("SLURM_HOSTFILE="))
+    tasks = Path(hostfile).read_text().split()
+    # chief, 3 PS shards on n1, n2, n3 (the model's S shards, each its own link), then 3 workers a node
+    assert tasks == ["n1", "n1", "n2", "n3", "n1", "n1", "n1", "n2", "n2", "n2"]
+    assert argv[argv.index("--ps") + 1] == "3" and argv[argv.index("-n") + 1] == str(len(tasks))
+
+
 def test_t_compute_comes_from_the_model():
     data = scaling.load_profile_data()
     for profile in dilated.PROFILES:
