@@ -329,7 +329,7 @@ def plot_emulated_validation(val: pd.DataFrame, points: dict, links: list[str], 
     return _save(fig, path)
 
 
-def plot_emulated_compression(comp: pd.DataFrame, runs: pd.DataFrame, path: str) -> plt.Figure:
+def plot_emulated_compression(comp: pd.DataFrame, path: str) -> plt.Figure:
     """Per link rate: each compression's 2-node sync images/sec (bar: mean ± SE; hollow: each run), the model
     beside it (black bar), and 1 uncompressed worker on 1 node (dashed): above it, two nodes pay."""
     links = list(dict.fromkeys(comp["link"]))
@@ -343,16 +343,14 @@ def plot_emulated_compression(comp: pd.DataFrame, runs: pd.DataFrame, path: str)
         ax.bar(xs, [g.loc[m, "mean"] for m in ms], yerr=[0 if math.isnan(g.loc[m, "se"]) else g.loc[m, "se"] for m in ms],
                color=[colors[m] for m in ms], alpha=0.75, capsize=3, label="2 workers on 2 nodes: mean ± SE")
         for x, m in zip(xs, ms):
-            pts = runs[(runs["link"] == link) & (runs["mode"] == "sync") & (runs["num_workers"] == 2)
-                       & (runs["compression"] == m)]["images_per_sec"]
-            ax.plot([x - 0.15] * len(pts), list(pts), "o", mfc="none", color="black", alpha=0.6,
+            pts = g.loc[m, "runs"]
+            ax.plot([x - 0.15] * len(pts), pts, "o", mfc="none", color="black", alpha=0.6,
                     label="each run" if x == 0 else None)
         ax.plot([x + 0.25 for x in xs], [g.loc[m, "predicted"] for m in ms], marker="_", markersize=14, mew=2.5,
                 linestyle="none", color="black", label="model (bytes ratio, compress time measured)")
-        one = runs[(runs["link"] == link) & (runs["mode"] == "sync") & (runs["num_workers"] == 1)
-                   & (runs["compression"] == "none")]["images_per_sec"]
-        if len(one):
-            ax.axhline(float(one.mean()), color="gray", linestyle="--", label="1 worker on 1 node, none")
+        one = g["one_node"].iloc[0]
+        if not math.isnan(one):
+            ax.axhline(one, color="gray", linestyle="--", label="1 worker on 1 node, none")
         ax.set_xticks(list(xs))
         ax.set_xticklabels(ms, rotation=20)
         ax.set_ylabel("images/sec (both workers)")

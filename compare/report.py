@@ -362,12 +362,16 @@ def emulated_compression(df: pd.DataFrame, info: dict) -> pd.DataFrame:
         for comp in sorted(set(two["compression"]), key=lambda c: (c != "none", c)):
             g = two[two["compression"] == comp]
             mean, se = float(g["images_per_sec"].mean()), mean_se(g["images_per_sec"], g["images_per_sec_se"])
-            cost = scaling.KNOWN_COMPRESSIONS["none"] if comp == "none" else costs.get(comp)
+            try:
+                cost = scaling.compression_cost(comp, costs)  # the records' own cost, else a known one
+            except scaling.ModelError:
+                cost = None
             pred = scaling.emulated_predict("sync", 2, inp, int(g["per_worker_batch"].iloc[0]), n, cost) \
                 if inp and cost is not None and not math.isnan(n) else math.nan
             words, rel, rel_se = difference(mean, se, b_mean, b_se)
             err = (pred - mean) / mean
             rows.append({"link": link, "compression": comp, "n": len(g), "mean": mean, "se": se,
+                         "runs": list(g["images_per_sec"]), "one_node": one_ips,
                          "sent": float(g["bytes_sent_per_step"].mean()),
                          "compress_ms": float(g["compress_time_s_per_step"].fillna(0.0).mean()) * 1e3,
                          "vs_none": rel, "vs_none_se": rel_se, "vs_none_words": words,
@@ -776,7 +780,7 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
     ecomp = emulated_compression(df[~dil_mask], einfo) if einfo["links"] else pd.DataFrame()
     if not ecomp.empty:
         figs["emulated_compression.png"] = plots.plot_emulated_compression(
-            ecomp, usable(df[~dil_mask]), os.path.join(out_dir, "emulated_compression.png"))
+            ecomp, os.path.join(out_dir, "emulated_compression.png"))
     figs = {k: v for k, v in figs.items() if v is not None}
     for fig in figs.values():
         plt.close(fig)
