@@ -144,7 +144,7 @@ def model_point(profile: str, head: str, batch: int, p: int, mode: str = "sync",
 
 
 def arm_label(mode: str, shards: int) -> str:
-    return {"sync": ARM, "async_allreduce": "async_allreduce"}.get(mode, f"async_ps, {shards} PS shard(s)")
+    return {"sync": ARM, "async_allreduce": "async_allreduce"}.get(mode, f"async_ps ({shards} PS)")
 
 
 # ------------------------------------------------------------------ the plan and the backend
@@ -221,7 +221,9 @@ class DilatedBackend(EmulatedBackend):
                        "--per-worker-batch", str(cfg.per_worker_batch), "--dilation", f"{run.dilation:g}",
                        "--byte-dilation", str(cfg.byte_dilation), "--steps", str(cfg.steps_per_epoch),
                        "--warmup-steps", str(cfg.warmup_steps), "--ranks-per-node", str(cfg.ranks_per_node),
-                       "--study", cfg.study, "--results-dir", os.path.abspath(cfg.results_dir), "--run-id", rid])]
+                       "--study", cfg.study, "--results-dir", os.path.abspath(cfg.results_dir), "--run-id", rid,
+                       # the sync arm's steps broken down by Horovod's own timeline (rank 0 writes it)
+                       *(["--hvd-timeline", timeline_path(cfg, rid)] if run.mode == "sync" else [])])]
 
 
     def async_command(self, cfg: StudyConfig, run: Run, rid: str) -> list[str]:
@@ -274,6 +276,10 @@ def hostfile(cfg: StudyConfig, rid: str, hosts: list[str]) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(hosts) + "\n")
     return path
+
+
+def timeline_path(cfg: StudyConfig, rid: str) -> str:
+    return os.path.abspath(os.path.join(cfg.study_dir, "logs", f"{rid}.timeline.json"))
 
 
 def bench_path(study_dir: str, link: str, rep: int) -> str:
@@ -434,7 +440,7 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
                    "real_step": _stat(g, "real_step_s", max), "n": len(g)}
             rows.append(row)
             out_rows.append({**row, "profile": profile, "head": head, "batch": batch, "D": d, "K": k, "mode": mode,
-                             "arm": arm if mode != "async" else f"async_ps ({shards} PS)"})
+                             "arm": arm})
         head_cols = ["p", "nodes", "runs", "emulated img/s", "speedup", "efficiency", "exposed comm (emulated ms)",
                      "real step s", "host CPU s/step", "host busy"]
         if fid["ok"]:
@@ -447,6 +453,7 @@ def section(study_dir: str, recs: list[dict], max_d_change: float = 0.03, min_li
                                                   if fid["ok"] else [])
             for r in rows]))
         md.append("")
+        md += where_time_goes(mode, at_d)
         if mode == "async_allreduce":
             md += async_allreduce_table(at_d, profile, head, batch, fid["ok"])
     if fid["ok"]:
@@ -506,6 +513,54 @@ def async_allreduce_table(at_d: list[dict], profile: str, head: str, batch: int,
             "The async all-reduce arm as train/async_allreduce.py runs it: a rank never waits for the network, so the "
             "model's images/sec is p × batch / t_compute at every p; what the links decide is the update period and "
             "so the effective mini-batch and the staleness.", ""]
+
+
+def where_time_goes(mode: str, at_d: list[dict]) -> list[str]:
+    """Per p, where an emulated step's time went (emulated ms, repeats pooled by median). Sync: rank 0's Horovod
+    timeline (record field dilation.timeline, train/dilated_step.py). PS: each worker's update period
+    (workers x batch / images/sec) less its compute, i.e. what an update spent on push, pull, the PS's queue and the
+    chief's dispatch, which ParameterServerStrategy does not break down further. Other arms: nothing."""
+    from compare.report import fmt, md_table
+
+    ps = sorted({r["num_workers"] for r in at_d})
+    if mode == "sync":
+        rows = []
+        for p in ps:
+            tls = [r["dilation"]["timeline"] for r in at_d if r["num_workers"] == p and "timeline" in r["dilation"]]
+            ok = [t for t in tls if "error" not in t]
+            if not tls:
+                continue
+            if not ok:
+                rows.append([str(p), f"no breakdown: {tls[0]['error']}"] + [""] * 7)
+                continue
+
+            def ms(key: str) -> str:
+                v = [t[key] for t in ok if t.get(key) is not None]
+                return fmt(1e3 * statistics_median(v), ".1f") if v else "–"
+            rows.append([str(p), ms("step_s"), ms("before_comm_s"), ms("backward_s"), ms("wait_other_s"),
+                         ms("exposed_comm_s"), ms("start_latency_s"), ms("allreduce_busy_s"),
+                         f"{statistics_median([t['messages'] for t in ok]):g} / {ok[0]['tensors_per_step']}"])
+        if not rows:
+            return []
+        return ["Where a step's time goes at each p: rank 0's Horovod timeline (HOROVOD_TIMELINE, compare/timeline.py), "
+                "emulated ms (real / D), median over the measured steps; step = before + backward + wait + exposed.", "",
+                md_table(["p", "step", "before comm (forward, start of backward)", "backward window",
+                          "wait for the slowest rank", "exposed allreduce", "start latency (negotiation, queue)",
+                          "allreduce busy (overlaps)", "fused messages / tensors per step"], rows), ""]
+    if mode == "async":
+        rows = []
+        for p in ps:
+            g = [r for r in at_d if r["num_workers"] == p]
+            period = statistics_median([p * r["per_worker_batch"] / r["images_per_sec"] for r in g])
+            t_c = g[0]["dilation"]["t_compute_s"]
+            rows.append([str(p), fmt(1e3 * period, ".1f"), fmt(1e3 * t_c, ".1f"), fmt(1e3 * (period - t_c), ".1f"),
+                         fmt((period - t_c) / period, ".1%")])
+        return ["Where a worker's update time goes at each p (emulated ms, median of repeats): its update period "
+                "(workers × batch / images/sec) less its compute is what each update spent on the push, the pull, the "
+                "PS shards' queue and the chief's dispatch (ParameterServerStrategy exposes no finer breakdown).", "",
+                md_table(["p", "update period", "compute", "push + pull + PS queue + dispatch", "share of the period"],
+                         rows), ""]
+    return []
 
 
 def _stat(g: list[dict], key: str, how, scale: float = 1.0) -> float:

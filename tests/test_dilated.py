@@ -116,7 +116,10 @@ def _rec(p: int, d: float, ips: float, link: str, host: str, sha: str, run_id: s
                      "t_compute_source": "test", "link_rate": link, "emulated_link_Bps": 5e9, "grad_tensors": 35,
                      "grad_bytes_full": 42045088, "grad_bytes_sent": 164000, "controller": "mpi", "nodes": nodes,
                      "exposed_s_p50": 0.001, "host_busy_fraction": 0.01, "host_cpu_s_per_step": 0.01,
-                     "real_step_s": 0.5}}
+                     "real_step_s": 0.5,
+                     "timeline": {"file": f"{run_id}.timeline.json", "steps": 8, "tensors_per_step": 35, "messages": 3,
+                                  "step_s": 0.27, "before_comm_s": 0.1, "backward_s": 0.15, "wait_other_s": 0.01,
+                                  "exposed_comm_s": 0.01, "start_latency_s": 0.005, "allreduce_busy_s": 0.02}}}
 
 
 def _fixture(study: Path, drift: float, bench_fraction: float, **overrides) -> None:
@@ -192,7 +195,11 @@ def test_slow_link_bench_fails_and_passing_study_is_compared(tmp_path):
         f.write(json.dumps({**a, "mode": "async", "num_ps": 1, "dilation": {**a["dilation"], "delay": "dataset_sleep"}}) + "\n")
     from compare.report import write_report
     md = Path(write_report(str(study))).read_text()
-    assert "### async_ps, 1 PS shard(s): tsubame2.5" in md
+    assert "### async_ps (1 PS): tsubame2.5" in md
+    # where the time goes: the sync arm from its records' timeline breakdown (emulated ms), the PS arm's update
+    # period (2 workers x 4 images / 30 img/s = 266.7 ms) less its 260 ms of compute
+    assert "| 4 | 270.0 | 100.0 | 150.0 | 10.0 | 10.0 | 5.0 | 20.0 | 3 / 35 |" in md
+    assert "| 2 | 266.7 | 260.0 | 6.7 | 2.5% |" in md
     section = md.split("## Time-dilated emulation")[1].split("\n## ")[0]
     assert json.loads((study / "fidelity.json").read_text())["ok"]
     assert "model speedup" in section and "Fidelity check failed" not in section
@@ -227,8 +234,10 @@ def test_per_layer_overlap_dilation_and_byte_dilation(results):
     Dilation: D = 80 gives the same emulated images/sec within the check's 3%.
     Byte dilation: K = 16 sends 1/16 of the bytes in as many tensors and gives the same images/sec within 3%."""
     common = dict(profile="h200", per_worker_batch=64, steps=5, warmup_steps=1, step_cv=0)
-    layer = _step(results, "layer", dilation=40, byte_dilation=1, delay="per_layer", **common)
-    end = _step(results, "end", dilation=40, byte_dilation=1, delay="end", **common)
+    layer = _step(results, "layer", dilation=40, byte_dilation=1, delay="per_layer",
+                  hvd_timeline=results / "layer.timeline.json", **common)
+    end = _step(results, "end", dilation=40, byte_dilation=1, delay="end", hvd_timeline=results / "end.timeline.json",
+                **common)
     slower = _step(results, "layer-d80", dilation=80, byte_dilation=1, delay="per_layer", **common)
     small = _step(results, "k16", dilation=40, byte_dilation=16, delay="per_layer", **common)
     dl, de = layer["dilation"], end["dilation"]
@@ -239,6 +248,17 @@ def test_per_layer_overlap_dilation_and_byte_dilation(results):
     # the emulated step is the model's compute plus what is exposed
     assert layer["images_per_sec"] == pytest.approx(2 * 64 / (dl["t_compute_s"] + dl["exposed_s_mean"]), rel=0.03)
     assert abs(slower["images_per_sec"] / layer["images_per_sec"] - 1) < 0.03, (slower, layer)
+    # Horovod's own timeline (rank 0) tells the same story in emulated seconds: the backward window is the
+    # profile's, per-layer delays leave less of the reduction exposed than one delay at the end, and a step is
+    # what the record's rate says
+    tl, te = dl["timeline"], de["timeline"]
+    for t, rec in ((tl, layer), (te, end)):
+        assert "error" not in t and t["tensors_per_step"] == 35 and 1 <= t["messages"] <= 35 and t["steps"] == 5
+        assert t["step_s"] == pytest.approx(2 * 64 / rec["images_per_sec"], rel=0.05), (t, rec["images_per_sec"])
+    assert tl["backward_s"] == pytest.approx(dl["backward_fraction"] * dl["t_compute_s"], rel=0.1), tl
+    assert te["backward_s"] < 0.1 * tl["backward_s"]            # every gradient handed over at once
+    assert te["exposed_comm_s"] > 0 and tl["exposed_comm_s"] < 0.5 * te["exposed_comm_s"], (tl, te)
+    assert "timeline" not in slower["dilation"]                  # off unless asked for
     ds = small["dilation"]
     assert ds["grad_tensors"] == dl["grad_tensors"] and ds["fusion_threshold_B"] == 67108864 // 16
     assert ds["grad_bytes_sent"] == pytest.approx(dl["grad_bytes_sent"] / 16, rel=1e-3)
@@ -323,6 +343,14 @@ def test_quick_dilated_study_on_namespace_nodes(tmp_path):
     text = (results / "q" / "report.md").read_text()  # each arm its section; the model only when fidelity held
     assert "### sync_allreduce: tsubame2.5" in text and "### async_allreduce: tsubame2.5" in text
     assert "sub-batches per update" in text and ("model updates/s = 1/max(t_ar, t_c)" in text) == fid["ok"]
+    for r in ok:  # the backend records a Horovod timeline of every sync run and breaks it down into the record
+        t = r["dilation"].get("timeline")
+        assert (t is not None) == (r["mode"] == "sync"), r["run_id"]
+        if t:
+            assert "error" not in t and (results / "q" / "logs" / t["file"]).stat().st_size > 0
+            assert t["tensors_per_step"] == r["dilation"]["grad_tensors"] and t["steps"] == 8
+            assert t["step_s"] == pytest.approx(r["global_batch"] / r["images_per_sec"], rel=0.1), r["run_id"]
+    assert "Where a step's time goes at each p" in text
 
 
 @pytest.mark.parametrize("argv,words", [

@@ -69,6 +69,7 @@ class DilatedConfig(DilatedWorkload):
     ranks_per_node: int = 0         # 0: from the launcher's environment
     step_cv: float = -1.0           # < 0: the profile's step_cv (straggler spread), 0: none
     seed: int = 0
+    timeline: str = ""              # HOROVOD_TIMELINE file: rank 0 breaks its steps down into the record
 
 
 def workload_parser(prog: str, description: str, parents: tuple = ()) -> argparse.ArgumentParser:
@@ -114,6 +115,9 @@ def parse(argv: list[str] | None, prog: str = PROG, doc: str | None = __doc__, d
     d = DilatedConfig()
     if delays:
         ap.add_argument("--delay", choices=("per_layer", "end"), default=d.delay)
+        # not --timeline: horovodrun's own parser would take it for its --timeline-filename
+        ap.add_argument("--hvd-timeline", default="", help="record a Horovod timeline here and put where each "
+                                                           "step's time went (emulated) into the record")
     ap.add_argument("--ranks-per-node", type=int, default=d.ranks_per_node)
     ap.add_argument("--step-cv", type=float, default=d.step_cv)
     ap.add_argument("--seed", type=int, default=d.seed)
@@ -121,7 +125,8 @@ def parse(argv: list[str] | None, prog: str = PROG, doc: str | None = __doc__, d
     shared = check_workload(ap, a, (("--ranks-per-node", a.ranks_per_node >= 0, ">= 0"),
                                     ("--step-cv", a.step_cv < 1, "< 1")))
     return DilatedConfig(**shared, delay=a.delay if delays else "sub_batch", ranks_per_node=a.ranks_per_node,
-                         step_cv=a.step_cv, seed=a.seed)
+                         step_cv=a.step_cv, seed=a.seed,
+                         timeline=os.path.abspath(a.hvd_timeline) if delays and a.hvd_timeline else "")
 
 
 def rank_plan(cfg: DilatedConfig) -> tuple[dict, float]:
@@ -131,7 +136,28 @@ def rank_plan(cfg: DilatedConfig) -> tuple[dict, float]:
     plan = dil.step_plan(cfg.profile, cfg.head, cfg.per_worker_batch)
     os.environ["HOROVOD_FUSION_THRESHOLD"] = str(max(1, int(plan["fusion_threshold_B"] / cfg.byte_dilation)))
     os.environ["HOROVOD_CYCLE_TIME"] = f"{plan['cycle_time_s'] * cfg.dilation * 1e3:g}"
+    if cfg.timeline:
+        os.makedirs(os.path.dirname(cfg.timeline), exist_ok=True)
+        os.environ["HOROVOD_TIMELINE"] = cfg.timeline   # read by hvd.init; only rank 0 (the coordinator) writes
     return plan, plan["step_cv"] if cfg.step_cv < 0 else cfg.step_cv
+
+
+def timeline_terms(path: str, skip_steps: int, dilation: float) -> dict:
+    """Where a measured step's time went, from rank 0's Horovod timeline (compare/timeline.py's phases), times in
+    emulated seconds (real / D): the backward window, the wait for the slowest rank's last gradients, the
+    reduction left after every rank is done (exposed), Horovod's start latency (every rank ready -> the fused
+    operation starts: negotiation cycle and queueing behind earlier messages), busy time of the MPI/Gloo
+    operations, and fused messages per step. An unreadable timeline is a fact of the record, not a lost run."""
+    from compare.timeline import TimelineError, breakdown
+    try:
+        b = breakdown(path, skip_steps)
+    except (OSError, TimelineError) as e:
+        return {"file": os.path.basename(path), "error": str(e).splitlines()[0]}
+    seconds = ("step_s", "before_comm", "backward", "wait_other", "exposed_comm", "allreduce_busy", "memcpy_busy",
+               "start_latency")
+    return {"file": os.path.basename(path), "source": "HOROVOD_TIMELINE on rank 0, compare/timeline.py",
+            "steps": b["steps"], "tensors_per_step": b["tensors_per_step"], "messages": b.get("messages"),
+            **{(k if k.endswith("_s") else f"{k}_s"): b[k] / dilation for k in seconds if b.get(k) is not None}}
 
 
 def compute_scales(cfg: DilatedConfig, rank: int, cv: float) -> list[float]:
@@ -272,12 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     per_rank = hvd.allgather_object({"host": socket.gethostname(), "cpu_s": cpu, "wall_s": wall,
                                      "exposed_p50_s": statistics.median(exposed), "affinity": record.cpu_affinity()})
     controller = "mpi" if hvd.mpi_enabled() and not hvd.gloo_enabled() else "gloo"
+    if cfg.timeline:
+        hvd.shutdown()   # every rank: Horovod's background thread ends and rank 0's timeline writer flushes
     if rank != 0:
         return 0
     thr = record.throughput([samples], cfg.per_worker_batch * p)
     rec = dilated_record(cfg, "sync", started_at, plan, thr, per_rank, cv, controller, wall, cfg.steps)
     rec["dilation"].update({"exposed_s_p50": statistics.median(exposed), "exposed_s_mean": statistics.fmean(exposed),
                             "exposed_s_per_rank_p50": [r["exposed_p50_s"] for r in per_rank]})
+    if cfg.timeline:
+        rec["dilation"]["timeline"] = timeline_terms(cfg.timeline, cfg.warmup_steps, D)
     record.append_record(cfg.runs_path, rec)
     print(f"{PROG}: record {cfg.run_id} -> {cfg.runs_path}: {rec['images_per_sec']:.1f} emulated images/sec "
           f"on {p} ranks (D={D:g}, K={K})")
