@@ -120,6 +120,20 @@ def test_bad_input_one_line_exit_2_no_record(tmp_path, monkeypatch, capsys, args
     assert not (tmp_path / "local").exists()
 
 
+def test_hostfile_cluster_follows_the_placement():
+    """An arbitrary placement (chief and shard 0 on n1, shard 1 on n2, workers back on n1 and n2): each task's
+    address is its own host, ports counted per host, so no two tasks on a host share one."""
+    from train.ps_cluster import hostfile_cluster
+
+    hosts = ["n1", "n1", "n2", "n1", "n2"]
+    cluster, kind, index = hostfile_cluster(hosts, 2, 0)
+    assert cluster == {"chief": ["n1:8888"], "ps": ["n1:8889", "n2:8888"], "worker": ["n1:8890", "n2:8889"]}
+    assert (kind, index) == ("chief", 0)
+    assert hostfile_cluster(hosts, 2, 2)[1:] == ("ps", 1) and hostfile_cluster(hosts, 2, 4)[1:] == ("worker", 1)
+    addrs = [a for job in cluster.values() for a in job]
+    assert len(set(addrs)) == len(hosts) and [a.split(":")[0] for a in addrs] == hosts
+
+
 def test_max_tasks_per_node():
     from train.ps_cluster import max_tasks_per_node
 

@@ -103,17 +103,51 @@ def max_tasks_per_node(spec: str) -> int:
     return max(counts)
 
 
+def hostfile_cluster(hosts: list[str], num_ps: int, rank: int, port_base: int = 8888) -> tuple[dict, str, int]:
+    """The cluster of a step placed by a SLURM host file (--distribution=arbitrary: task i runs on hosts[i]):
+    task 0 the chief, 1..num_ps the PS, the rest workers; a task's port is port_base + the number of earlier
+    tasks on its host. Returns (cluster spec dict, this task's type, its index)."""
+    addrs, seen = [], {}
+    for h in hosts:
+        addrs.append(f"{h}:{port_base + seen.get(h, 0)}")
+        seen[h] = seen.get(h, 0) + 1
+    cluster = {"chief": addrs[:1], "ps": addrs[1:1 + num_ps], "worker": addrs[1 + num_ps:]}
+    kind, index = ("chief", 0) if rank == 0 else ("ps", rank - 1) if rank <= num_ps else ("worker", rank - 1 - num_ps)
+    return cluster, kind, index
+
+
+def _hostfile_hosts() -> list[str]:
+    path = os.environ.get("SLURM_HOSTFILE", "")
+    if not path:
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [h.strip() for h in f if h.strip()]
+    except OSError as e:
+        raise ConfigError(f"cannot read SLURM_HOSTFILE {path}: {e}") from None
+
+
 def slurm_resolver(num_ps: int, port_base: int = 8888):
     """One chief, `num_ps` PS, the remaining tasks of the step are workers.
 
-    On CPUs SlurmClusterResolver runs nvidia-smi unless told the GPUs per node, and fails on 0 of them:
-    it is told one "GPU" per task (gpus_per_node = tasks per node) and auto_set_gpu is off."""
+    A step placed by a host file (SLURM_HOSTFILE, --distribution=arbitrary) gets its cluster from that file
+    (hostfile_cluster): SlurmClusterResolver packs tasks onto the step's hosts in sorted-name order, which is
+    where an arbitrary placement's tasks are not (2 PS shards on nodes n1 and n2 with workers back on n1: a
+    worker took the chief's port, "Address already in use", 2026-12-06). Otherwise SlurmClusterResolver; on
+    CPUs it runs nvidia-smi unless told the GPUs per node, and fails on 0 of them: it is told one "GPU" per
+    task (gpus_per_node = tasks per node) and auto_set_gpu is off."""
     import tensorflow as tf
 
     ntasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "0")) or 0)
     workers = ntasks - 1 - num_ps
     if workers < 1:
         raise ConfigError(f"SLURM step has {ntasks} tasks: needs 1 chief + {num_ps} ps + >= 1 worker")
+    hosts, rank = _hostfile_hosts(), int(os.environ.get("SLURM_PROCID", "0") or 0)
+    # the host file placed this step when it lists a host a task and this task runs where it says
+    if len(hosts) >= ntasks and hosts[rank] == os.environ.get("SLURMD_NODENAME", hosts[rank]):
+        cluster, kind, index = hostfile_cluster(hosts[:ntasks], num_ps, rank, port_base)
+        return tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(cluster), task_type=kind, task_id=index, rpc_layer="grpc")
     per_node = max_tasks_per_node(os.environ.get("SLURM_STEP_TASKS_PER_NODE",
                                                  os.environ.get("SLURM_TASKS_PER_NODE", "")))
     resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
