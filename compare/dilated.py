@@ -222,7 +222,9 @@ class DilatedBackend(EmulatedBackend):
                        "--byte-dilation", str(cfg.byte_dilation), "--steps", str(cfg.steps_per_epoch),
                        "--warmup-steps", str(cfg.warmup_steps), "--ranks-per-node", str(cfg.ranks_per_node),
                        "--study", cfg.study, "--results-dir", os.path.abspath(cfg.results_dir), "--run-id", rid,
-                       # the sync arm's steps broken down by Horovod's own timeline (rank 0 writes it)
+                       # the sync arm's steps broken down by Horovod's own timeline (rank 0 writes it; its
+                       # writer keeps one core busy, 8.3 CPU-s per 8.3-s step at p = 1, and the emulated rates
+                       # did not move: results/reference/dilated-2ps against dilated, 2026-12-06)
                        *(["--hvd-timeline", timeline_path(cfg, rid)] if run.mode == "sync" else [])])]
 
 
