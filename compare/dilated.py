@@ -231,8 +231,9 @@ class DilatedBackend(EmulatedBackend):
     def async_command(self, cfg: StudyConfig, run: Run, rid: str) -> list[str]:
         """The chief on n1, PS shard i on node n(1+i) (each shard behind its own node link, as the model's
         S full-duplex shards; more shards than nodes wrap around), then ranks_per_node workers a node: SLURM's
-        arbitrary distribution from a host file (SlurmClusterResolver numbers tasks chief, ps, workers). The PS
-        tasks serve forever: srun ends them --wait s after the chief has written the record and exited."""
+        arbitrary distribution from a host file (tasks chief, ps, workers; train/ps_cluster.hostfile_cluster
+        builds the cluster from it). The PS tasks serve forever: srun ends them --wait s after the chief has
+        written the record and exited."""
         ps_hosts = [f"n{1 + i % nodes_needed(cfg)}" for i in range(cfg.ps)]
         hosts = ["n1", *ps_hosts] + [f"n{1 + i // cfg.ranks_per_node}" for i in range(run.workers)]
         path = hostfile(cfg, rid, hosts)
