@@ -186,6 +186,19 @@ def test_throughput_from_iteration_samples():
     assert record.throughput([segs[0][:1], segs[1]], 64)["measured_steps"] == 10
 
 
+def test_staircase_rate_reads_a_counter_of_bursts_at_its_rate():
+    """A counter sampled 16 times a step: one worker updating every 2 s (5 steps seen), and 48 workers updating
+    in phase every 2 s (each step a cluster of 48 seen over half a step). The slope through every sample read the
+    one worker 4.0% low (1 - 1/5^2); through the jumps it reads 0.5 and 24 updates a second, the clusters within
+    what a sample's lateness (1/16 step) moves."""
+    one = [(t / 8, 1 + int(t // 16)) for t in range(5 * 16)]           # jumps at 0, 2, 4, 6, 8 s
+    r = record.staircase_rate(one, images_per_update=64)
+    assert r["images_per_sec"] == pytest.approx(0.5 * 64, rel=1e-9) and r["windows"] is None
+    many = [(t / 8, 48 * (1 + int(t // 16)) - max(0, 47 - 6 * (t % 16))) for t in range(5 * 16)]  # clusters
+    assert record.staircase_rate(many, 1)["images_per_sec"] == pytest.approx(24, rel=0.02)
+    assert record.staircase_rate(one[:20], 1)["images_per_sec"] is None  # two jumps: no slope with an SE
+
+
 def test_summarize_staleness_like_values():
     out = record.summarize([0, 0, 1, 3])
     assert out == {"n": 4, "mean": 1.0, "p50": 0.5, "p95": pytest.approx(2.7), "max": 3,

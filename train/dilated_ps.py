@@ -146,8 +146,8 @@ def chief(cfg: DilatedPSConfig, resolver, launcher, source: str, started_at: str
     # The counter is a staircase: each worker's update is a jump, the workers' jumps interleave at any
     # phase, and the first jump after the warm-up comes early (0.07 of a 0.26 s step: the worker's next
     # element, sleep included, was ready). Window rates between jumps were biased up by +20% to +100% in
-    # 6-step runs (CI 2026-11-29), so the rate is the least-squares slope of the counter over time, from
-    # the first jump on (sampled 16 times a step); its SE is the fit's.
+    # 6-step runs (CI 2026-11-29), so the rate is the least-squares slope through the counter's jumps from
+    # the first on (sampled 16 times a step; record.staircase_rate), its SE the fit's.
     first = next((i for i in range(1, len(busy)) if busy[i][1] != busy[i - 1][1]), 0)
     thr = record.throughput([busy[first:]], cfg.per_worker_batch)
     thr.update(record.staircase_rate(busy[first:], cfg.per_worker_batch))
