@@ -54,6 +54,21 @@ def test_sigkill_mid_run_then_rerun_resumes(results, tmp_path):
     assert sorted(p.name for p in ckpt.iterdir()) == ["epoch-0004", "epoch-0005"]  # no temp left
 
 
+def test_a_killed_writers_temp_checkpoint_is_cleared_by_the_next_save(tmp_path):
+    """A run killed while writing epoch 3 leaves .tmp-epoch-0003-<pid>; the rerun's next save removes it (the
+    test above caught one left behind when its kill landed mid-write, 2026-12-06)."""
+    import tensorflow as tf
+
+    from train import checkpoint
+
+    stale = tmp_path / ".tmp-epoch-0003-999999"
+    stale.mkdir()
+    (stale / "ckpt.index").write_text("half")
+    path = checkpoint.save(str(tmp_path), 3, tf.train.Checkpoint(v=tf.Variable(1.0)), {"head": "gap"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0003"] and path.endswith("epoch-0003")
+    assert checkpoint.latest(str(tmp_path)) == (3, path)
+
+
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])
 def test_lost_rank_ends_the_job_fast_and_named(controller, results):
     args = ["--width", "0.25", "--per-worker-batch", "16", "--epochs", "200", "--steps-per-epoch", "10",

@@ -43,6 +43,10 @@ def save(directory: str, epoch: int, checkpoint: tf.train.Checkpoint, meta: dict
     os.rename(tmp, final)
     for n in sorted(n for n in os.listdir(directory) if _NAME.match(n))[:-keep]:
         shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
+    # a run killed while writing leaves its temp dir behind; one writer a directory, so any other is stale
+    for n in os.listdir(directory):
+        if n.startswith(".tmp-epoch-"):
+            shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
     return final
 
 
