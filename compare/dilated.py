@@ -556,12 +556,15 @@ def where_time_goes(mode: str, at_d: list[dict]) -> list[str]:
             g = [r for r in at_d if r["num_workers"] == p]
             period = statistics_median([p * r["per_worker_batch"] / r["images_per_sec"] for r in g])
             t_c = g[0]["dilation"]["t_compute_s"]
-            rows.append([str(p), fmt(1e3 * period, ".1f"), fmt(1e3 * t_c, ".1f"), fmt(1e3 * (period - t_c), ".1f"),
-                         fmt((period - t_c) / period, ".1%")])
+            rel = statistics_median([(r.get("images_per_sec_se") or 0.0) / r["images_per_sec"] for r in g])
+            rows.append([str(p), fmt(1e3 * period, ".1f"), fmt(1e3 * t_c, ".1f"),
+                         f"{1e3 * (period - t_c):.1f} ± {1e3 * period * rel:.1f}", fmt((period - t_c) / period, ".1%")])
         return ["Where a worker's update time goes at each p (emulated ms, median of repeats): its update period "
                 "(workers × batch / images/sec) less its compute is what each update spent on the push, the pull, the "
-                "PS shards' queue and the chief's dispatch (ParameterServerStrategy exposes no finer breakdown).", "",
-                md_table(["p", "update period", "compute", "push + pull + PS queue + dispatch", "share of the period"],
+                "PS shards' queue and the chief's dispatch (ParameterServerStrategy exposes no finer breakdown); "
+                "± the period's SE from the rate's, so a value below 0 within it is noise, not time.", "",
+                md_table(["p", "update period", "compute", "push + pull + PS queue + dispatch ± SE",
+                          "share of the period"],
                          rows), ""]
     return []
 

@@ -726,6 +726,14 @@ def reference_section(study_dir: str, table: pd.DataFrame) -> list[str]:
 
 
 # ------------------------------------------------------------------ the report
+def _generated_readme(path: str, name: str) -> bool:
+    """True when README.md is the one line write_report writes (a curated study's README, written by hand with
+    its conditions, is never overwritten; found 2026-12-06 when regenerating reports replaced three)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return text.startswith(f"Study `{name}`: ") and text.count("\n") <= 1 and "then `python -m compare report`" in text
+
+
 def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: int = 1, out_dir: str | None = None,
                  command: str = "python -m compare report", target: float = 0.90,
                  notes: list[str] | None = None) -> str:
@@ -835,10 +843,13 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
     md += reference_section(study_dir, table)
     md += ["", "## Figures", ""] + [f"![{k}]({k})" for k in figs]
     days = sorted({str(s)[:10] for s in df["started_at"]})
-    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(f"Study `{name}`: {n_ok} ok runs on {info.get('cpu') or ', '.join(sorted(set(df['host'])))}, "
-                f"{' to '.join(dict.fromkeys([days[0], days[-1]]))}; made by `{info.get('command') or 'jobs (see records)'}`"
-                " then `python -m compare report`; see report.md.\n")
+    readme = os.path.join(out_dir, "README.md")
+    generated = f"Study `{name}`: {n_ok} ok runs on "
+    if not os.path.exists(readme) or _generated_readme(readme, name):  # a hand-written one holds conditions: kept
+        with open(readme, "w", encoding="utf-8") as f:
+            f.write(f"{generated}{info.get('cpu') or ', '.join(sorted(set(df['host'])))}, "
+                    f"{' to '.join(dict.fromkeys([days[0], days[-1]]))}; made by `{info.get('command') or 'jobs (see records)'}`"
+                    " then `python -m compare report`; see report.md.\n")
     path = os.path.join(out_dir, "report.md")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write("\n".join(md) + "\n")

@@ -194,12 +194,14 @@ def test_slow_link_bench_fails_and_passing_study_is_compared(tmp_path):
         a["dilation"].pop("nodes")
         f.write(json.dumps({**a, "mode": "async", "num_ps": 1, "dilation": {**a["dilation"], "delay": "dataset_sleep"}}) + "\n")
     from compare.report import write_report
+    (study / "README.md").write_text("Study `fx`: conditions written by hand.\nSecond line.\n")
     md = Path(write_report(str(study))).read_text()
+    assert (study / "README.md").read_text() == "Study `fx`: conditions written by hand.\nSecond line.\n"  # kept
     assert "### async_ps (1 PS): tsubame2.5" in md
     # where the time goes: the sync arm from its records' timeline breakdown (emulated ms), the PS arm's update
     # period (2 workers x 4 images / 30 img/s = 266.7 ms) less its 260 ms of compute
     assert "| 4 | 270.0 | 100.0 | 150.0 | 10.0 | 10.0 | 5.0 | 20.0 | 3 / 35 |" in md
-    assert "| 2 | 266.7 | 260.0 | 6.7 | 2.5% |" in md
+    assert "| 2 | 266.7 | 260.0 | 6.7 ± 0.3 | 2.5% |" in md  # the fixture's rate SE is 0.1% of it
     section = md.split("## Time-dilated emulation")[1].split("\n## ")[0]
     assert json.loads((study / "fidelity.json").read_text())["ok"]
     assert "model speedup" in section and "Fidelity check failed" not in section
