@@ -484,9 +484,9 @@ def plot_dilated(rows: list[dict], seed: dict, path: str, compared: bool) -> plt
         if compared:
             ax.plot(p, [r["model"] / r["p"] for r in pts], "--", marker=marker, mfc="none", color=color, alpha=0.8,
                     label=f"{arm}: model (compare/scaling.py), same profile")
-    # the seed's ">30x at 48" is a claim about TSUBAME 2.5: drawn beside that profile only
-    bound = seed_efficiency_bound(ax, seed) if rows[0]["profile"] == "tsubame2.5" else 1.0
-    ticks = sorted({r["p"] for r in rows} | ({seed["gpus"]} if rows[0]["profile"] == "tsubame2.5" else set()))
+    seed_here = rows[0]["profile"] == "tsubame2.5"  # the seed's ">30x at 48" is a claim about TSUBAME 2.5
+    bound = seed_efficiency_bound(ax, seed) if seed_here else 1.0
+    ticks = sorted({r["p"] for r in rows} | ({seed["gpus"]} if seed_here else set()))
     ax.set_xscale("log", base=2)
     ax.set_xticks(ticks)
     ax.set_xticklabels([str(t) for t in ticks])

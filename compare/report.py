@@ -844,10 +844,9 @@ def write_report(study_dir: str, profiles: list[str] | None = None, ps_shards: i
     md += ["", "## Figures", ""] + [f"![{k}]({k})" for k in figs]
     days = sorted({str(s)[:10] for s in df["started_at"]})
     readme = os.path.join(out_dir, "README.md")
-    generated = f"Study `{name}`: {n_ok} ok runs on "
     if not os.path.exists(readme) or _generated_readme(readme, name):  # a hand-written one holds conditions: kept
         with open(readme, "w", encoding="utf-8") as f:
-            f.write(f"{generated}{info.get('cpu') or ', '.join(sorted(set(df['host'])))}, "
+            f.write(f"Study `{name}`: {n_ok} ok runs on {info.get('cpu') or ', '.join(sorted(set(df['host'])))}, "
                     f"{' to '.join(dict.fromkeys([days[0], days[-1]]))}; made by `{info.get('command') or 'jobs (see records)'}`"
                     " then `python -m compare report`; see report.md.\n")
     path = os.path.join(out_dir, "report.md")
